@@ -1,0 +1,5 @@
+"""Errors meant for users: bad input, shown as one paragraph without a traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user (file, key, shape, value); the message names what and says what was expected."""

@@ -1,0 +1,1 @@
+"""Datasets: the zarr dataset format, Monte-Carlo returns and converters."""

@@ -1,0 +1,1 @@
+"""Observation encoders: low-dim, small CNN, ResNet-18, augmentation, fusion."""

@@ -1,0 +1,1 @@
+"""Environments: state-based benchmark tasks, visual pick-and-place, and robot interfaces."""
