@@ -1,1 +1,48 @@
-"""Environments: state-based benchmark tasks, visual pick-and-place, and robot interfaces."""
+"""Environments: state-based benchmark tasks, visual pick-and-place, and robot interfaces.
+
+Task configs (``configs/task/*.yaml``) name a factory in ``task.env`` and a dataset generator in ``task.generate``;
+the helpers here instantiate them so that runners never import a task module by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from omegaconf import DictConfig
+
+from calql_robot.errors import UserError
+
+PICK_PLACE_ID = "calql_robot/PickPlace-v0"
+if PICK_PLACE_ID not in gym.registry:
+    gym.register(id=PICK_PLACE_ID, entry_point="calql_robot.envs.pick_place:PickPlaceEnv")
+
+
+def make_task_env(task_cfg: DictConfig, seed: int | None = None, render: bool = False, **overrides: Any) -> gym.Env:
+    """Instantiate ``task_cfg.env`` (a hydra ``_target_`` block) and seed it; extra kwargs override the config."""
+    from hydra.utils import instantiate
+
+    if "env" not in task_cfg:
+        raise UserError(f"task '{task_cfg.get('name')}' has no 'env' block; expected env: {{_target_: ...}}")
+    kwargs = dict(overrides)
+    if render:
+        kwargs["render"] = True
+    env = instantiate(task_cfg.env, **kwargs)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+def generate_task_dataset(task_cfg: DictConfig, path: str | Path, episodes: int | None = None, seed: int = 0) -> Path:
+    """Write a small local dataset for the task with its ``task_cfg.generate`` generator; returns the store path."""
+    from hydra.utils import instantiate
+
+    if "generate" not in task_cfg:
+        raise UserError(f"task '{task_cfg.get('name')}' has no 'generate' block, so no local dataset can be made")
+    kwargs: dict[str, Any] = {"path": str(path), "seed": seed}
+    if episodes is not None:
+        kwargs["episodes"] = episodes
+    generator = instantiate(task_cfg.generate, _partial_=True)
+    return Path(generator(**kwargs))

@@ -1,0 +1,23 @@
+"""Low-dimensional observations: concatenate the flat vectors of every low-dim key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class LowDimEncoder(nn.Module):
+    """Concatenate low-dim keys (sorted by name), each flattened: {k: (B, *shape)} -> (B, sum(prod(shape)))."""
+
+    def __init__(self, obs_spec: Mapping[str, Mapping[str, Any]]):
+        super().__init__()
+        self.keys = sorted(k for k, s in obs_spec.items() if s["kind"] == "low_dim")
+        self.out_dim = sum(math.prod(obs_spec[k]["shape"]) for k in self.keys)
+
+    def forward(self, obs: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
+        parts = [obs[k].reshape(obs[k].shape[0], -1).float() for k in self.keys]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
