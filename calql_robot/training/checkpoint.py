@@ -1,0 +1,117 @@
+"""Checkpoints as safetensors (every tensor) plus JSON (counters, RNG states, config): nothing is pickled.
+
+Layout: ``<run_dir>/checkpoints/step_<N>/{tensors.safetensors, state.json}`` and ``<run_dir>/checkpoints/latest``,
+a text file naming the newest complete checkpoint. A checkpoint folder is written under a temporary name and renamed
+when complete, then ``latest`` is replaced atomically, so a crash never leaves a half-written checkpoint in use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from calql_robot.errors import UserError
+
+TENSORS_FILE = "tensors.safetensors"
+STATE_FILE = "state.json"
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Torch RNG states as tensors and Python/numpy global RNG states as JSON-able values."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda{i}"] = state
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, meta
+
+
+def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(tensors["rng/torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    nps = meta["numpy"]
+    np.random.set_state((nps[0], np.asarray(nps[1], dtype=np.uint32), nps[2], nps[3], nps[4]))
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int = 3
+) -> Path:
+    """Write tensors (name -> Tensor) and JSON-able ``state`` as checkpoint ``step``; keep the newest ``keep``."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step:09d}"
+    tmp = ckpt_root / f".tmp_step_{step:09d}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    rng_tensors, rng_meta = rng_state()
+    all_tensors = {k: v.detach().to("cpu").contiguous() for k, v in {**tensors, **rng_tensors}.items()}
+    save_file(all_tensors, str(tmp / TENSORS_FILE))
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "rng": rng_meta}, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    latest_tmp = ckpt_root / f".latest_{os.getpid()}"
+    latest_tmp.write_text(final.name + "\n")
+    os.replace(latest_tmp, ckpt_root / "latest")
+    for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """Resolve a run directory, a checkpoints folder or a checkpoint folder to the checkpoint folder to load.
+
+    Returns None when ``path`` is a run directory without any checkpoint yet.
+    """
+    path = Path(path).expanduser()
+    if (path / TENSORS_FILE).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        latest = root / "latest"
+        if latest.is_file():
+            candidate = root / latest.read_text().strip()
+            if (candidate / TENSORS_FILE).is_file():
+                return candidate
+    return None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load (tensors, state) from a checkpoint, a run directory or its checkpoints folder."""
+    folder = find_checkpoint(path)
+    if folder is None:
+        raise UserError(
+            f"no checkpoint found at '{path}': expected a run directory with checkpoints/latest, or a checkpoint "
+            f"folder holding {TENSORS_FILE} and {STATE_FILE} (written by pretrain or finetune)"
+        )
+    try:
+        tensors = load_file(str(folder / TENSORS_FILE))
+        state = json.loads((folder / STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"checkpoint '{folder}' is unreadable or corrupt ({err}); expected a safetensors file "
+                        f"{TENSORS_FILE} and a JSON file {STATE_FILE}") from err
+    return tensors, state
+
+
+def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under ``prefix/`` with the prefix removed."""
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
