@@ -1,0 +1,119 @@
+"""What every training app does first: pick the device, seed, find or create the dataset, build the agent."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from calql_robot.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for but no CUDA device is available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def dataset_path(cfg: DictConfig) -> Path:
+    """The offline dataset of a run: ``dataset=PATH`` if given, else the task's default ``task.dataset.path``."""
+    path = cfg.get("dataset") or OmegaConf.select(cfg, "task.dataset.path")
+    if not path:
+        raise UserError(f"task '{cfg.task.name}' names no default dataset; pass dataset=PATH to a zarr store")
+    return Path(str(path)).expanduser()
+
+
+def ensure_dataset(cfg: DictConfig) -> Path:
+    """Return the dataset path, creating the task's default dataset first when it is missing."""
+    from calql_robot.envs import generate_task_dataset
+
+    path = dataset_path(cfg)
+    if path.exists():
+        return path
+    if cfg.get("dataset"):
+        raise UserError(f"dataset '{path}' does not exist; expected a zarr store written by collect or convert")
+    if "generate" not in cfg.task:
+        minari_id = OmegaConf.select(cfg, "task.dataset.minari_id")
+        hint = (f" Convert it first: python -m calql_robot.convert source=minari input={minari_id} output={path} "
+                "download=true" if minari_id else "")
+        raise UserError(f"the default dataset of task '{cfg.task.name}' is missing at '{path}'.{hint}")
+    episodes = OmegaConf.select(cfg, "task.dataset.episodes")
+    print(f"dataset {path} not found: creating the default dataset of task '{cfg.task.name}'"
+          f"{f' ({episodes} episodes)' if episodes else ''}; later runs reuse it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return generate_task_dataset(cfg.task, path, episodes=episodes, seed=int(cfg.seed))
+
+
+def agent_config(cfg: DictConfig) -> DictConfig:
+    """The agent config with the discount taken from the task (gamma belongs to the task)."""
+    agent_cfg = OmegaConf.create(OmegaConf.to_container(cfg.agent, resolve=True))
+    agent_cfg.discount = float(cfg.task.gamma)
+    return agent_cfg
+
+
+def check_obs_spec(dataset_spec: dict[str, Any], env_spec: dict[str, Any], dataset: Path, task: str) -> None:
+    """The dataset must hold the keys, shapes and dtypes the task's environment produces."""
+    for key, spec in env_spec.items():
+        have = dataset_spec.get(key)
+        if have is None:
+            raise UserError(f"dataset '{dataset}' has no observation key '{key}', which task '{task}' produces; "
+                            f"it has {sorted(dataset_spec)}. Convert it with a key mapping to the task's keys.")
+        if list(have["shape"]) != list(spec["shape"]) or str(have["dtype"]) != str(spec["dtype"]):
+            raise UserError(f"dataset '{dataset}' key '{key}' is {have['dtype']}{list(have['shape'])} but task "
+                            f"'{task}' produces {spec['dtype']}{list(spec['shape'])} (e.g. another image size)")
+
+
+def evaluate_and_log(agent: Any, env: Any, eval_cfg: DictConfig, run_dir: Path, step: int, logger: Any,
+                     tag: str, fps: float = 10.0) -> dict[str, Any]:
+    """Evaluate the deterministic policy, log ``eval`` metrics and save a rollout MP4 under ``videos/``."""
+    from calql_robot.training.evaluate import evaluate_policy
+
+    video = run_dir / "videos" / f"{tag}_step_{step:09d}.mp4" if eval_cfg.get("video", True) else None
+    result = evaluate_policy(env, lambda o: agent.act(o, deterministic=True), int(eval_cfg.episodes),
+                             seed=int(eval_cfg.get("seed", 10_000)), video_path=video,
+                             video_episodes=int(eval_cfg.get("video_episodes", 1)), fps=fps)
+    logger.log("eval", step, {k: v for k, v in result.items() if k != "video"})
+    return result
+
+
+def checkpoint_tensors(agent: Any, prefix_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every agent tensor under ``agent/`` plus optional extra tensors."""
+    tensors = {f"agent/{k}": v for k, v in agent.state_dict_tensors().items()}
+    tensors.update(prefix_extra or {})
+    return tensors
+
+
+def agent_meta(agent: Any) -> dict[str, Any]:
+    """Non-tensor agent state (JSON-able), if the agent has any."""
+    return agent.state_dict_meta() if hasattr(agent, "state_dict_meta") else {}
+
+
+def restore_agent(agent: Any, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+    """Load agent tensors (and meta) saved by :func:`checkpoint_tensors`."""
+    from calql_robot.training.checkpoint import split_prefix
+
+    agent.load_state_dict_tensors(split_prefix(tensors, "agent"))
+    if hasattr(agent, "load_state_dict_meta") and "agent_meta" in state:
+        agent.load_state_dict_meta(state["agent_meta"])
+
+
+def build_agent_for(cfg: DictConfig, obs_spec: dict[str, Any], action_dim: int, device: torch.device,
+                    build_agent: Any) -> Any:
+    """Build ``cfg.agent`` for the task's observation spec and action dimension."""
+    agent = build_agent(agent_config(cfg), obs_spec, action_dim, device)
+    print(f"agent: {cfg.agent.variant} on {device}, observation keys {sorted(obs_spec)}, action dim {action_dim}")
+    return agent
