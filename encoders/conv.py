@@ -1,0 +1,40 @@
+"""Small fast CNN for low-resolution camera images (DrQ / DrQ-v2 style).
+
+``conv_layers`` 3x3 convolutions with ``channels`` filters each, no padding, the first with stride 2, ReLU after
+each. At 64x64 with the defaults (4 layers, 32 channels) the feature map is 32 x 25 x 25 = 20000 values
+(64 -> 31 -> 29 -> 27 -> 25); at 84x84 it is 32 x 35 x 35 = 39200.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from calql_robot.errors import UserError
+
+
+def conv_output_side(side: int, layers: int) -> int:
+    """Spatial side after the trunk: first layer (s - 3) // 2 + 1, then s - 2 per further layer."""
+    side = (side - 3) // 2 + 1
+    return side - 2 * (layers - 1)
+
+
+class ConvTrunk(nn.Module):
+    """(B, C, H, W) float -> (B, channels * h * w) flattened feature map."""
+
+    def __init__(self, in_channels: int, height: int, width: int, channels: int = 32, layers: int = 4):
+        super().__init__()
+        out_h, out_w = conv_output_side(height, layers), conv_output_side(width, layers)
+        if min(out_h, out_w) < 1:
+            raise UserError(f"a {height}x{width} image is too small for encoder.conv_layers={layers} "
+                            "(each layer after the first removes 2 pixels, the first halves the size)")
+        modules: list[nn.Module] = []
+        for index in range(layers):
+            modules += [nn.Conv2d(in_channels if index == 0 else channels, channels, 3, stride=2 if index == 0 else 1),
+                        nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*modules)
+        self.out_shape = (channels, out_h, out_w)
+        self.out_dim = channels * out_h * out_w
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).flatten(1)
