@@ -1,0 +1,93 @@
+"""Collecting online episodes step by step, and keeping them in the run's zarr store (complete episodes only)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from calql_robot.training.replay import ReplayBuffer
+
+
+class EpisodeRecorder:
+    """Accumulates one episode: N+1 observations, N actions, rewards, terminal and truncated flags."""
+
+    def __init__(self) -> None:
+        self.obs: list[Mapping[str, np.ndarray]] = []
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[float] = []
+        self.terminals: list[bool] = []
+        self.truncations: list[bool] = []
+        self.success = False
+
+    def start(self, obs: Mapping[str, np.ndarray]) -> None:
+        self.__init__()
+        self.obs.append({k: np.array(v) for k, v in obs.items()})
+
+    def step(self, next_obs: Mapping[str, np.ndarray], action: np.ndarray, reward: float, terminated: bool,
+             truncated: bool, success: bool) -> None:
+        self.obs.append({k: np.array(v) for k, v in next_obs.items()})
+        self.actions.append(np.asarray(action, dtype=np.float32))
+        self.rewards.append(float(reward))
+        self.terminals.append(bool(terminated))
+        self.truncations.append(bool(truncated))
+        self.success = self.success or success
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def finish(self) -> dict[str, Any]:
+        """The episode as arrays; an episode cut by the end of the run is marked truncated at its last step."""
+        truncations = list(self.truncations)
+        if truncations and not (self.terminals[-1] or truncations[-1]):
+            truncations[-1] = True
+        return {
+            "obs": {k: np.stack([o[k] for o in self.obs]) for k in self.obs[0]},
+            "action": np.stack(self.actions).astype(np.float32),
+            "reward": np.asarray(self.rewards, dtype=np.float32),
+            "terminal": np.asarray(self.terminals, dtype=bool),
+            "truncated": np.asarray(truncations, dtype=bool),
+            "success": bool(self.success),
+        }
+
+
+class OnlineStore:
+    """The run's ``online.zarr``: finished episodes appended as they end; a valid dataset for a later pretrain."""
+
+    def __init__(self, path: Path, obs_spec: Mapping[str, Any], action_space: gym.spaces.Box,
+                 task_cfg: Mapping[str, Any], source_kind: str = "online_finetune"):
+        from calql_robot.datasets.format import DatasetWriter
+
+        self.path = Path(path)
+        self.reward_success = float(task_cfg.get("reward_success", 1.0))
+        if self.path.exists():
+            self.writer = DatasetWriter.open(self.path)
+        else:
+            self.writer = DatasetWriter.create(
+                self.path, dict(obs_spec), np.asarray(action_space.low, dtype=np.float32),
+                np.asarray(action_space.high, dtype=np.float32), task=str(task_cfg.get("name")),
+                control_freq=float(task_cfg.get("control_freq", 10.0)),
+                reward_success=self.reward_success, reward_failure=float(task_cfg.get("reward_failure", 0.0)),
+                source={"kind": source_kind},
+            )
+
+    def append(self, episode: Mapping[str, Any]) -> None:
+        self.writer.add_episode(observations=episode["obs"], actions=episode["action"], rewards=episode["reward"],
+                                terminals=episode["terminal"], truncations=episode["truncated"])
+
+    def load_into(self, buffer: ReplayBuffer) -> Iterator[dict[str, Any]]:
+        """Add every stored episode to ``buffer``; yields {index, length, success} per episode."""
+        from calql_robot.datasets.format import ZarrDataset
+
+        dataset = ZarrDataset(self.path)
+        for i in range(dataset.n_episodes):
+            ep = dataset.episode(i)
+            buffer.add_episode(ep["obs"], ep["action"], ep["reward"], ep["terminal"])
+            yield {"index": i, "length": len(ep["action"]),
+                   "success": bool(np.any(ep["reward"] >= self.reward_success))}
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,145 @@
+"""Online fine-tuning from a pre-trained checkpoint, mixing offline and online data.
+
+Every finished online episode gets its Monte-Carlo returns (the Cal-QL bound stays on online, as the authors do),
+joins the online replay buffer and is appended to ``<run_dir>/online.zarr``. Checkpoints are written on episode
+boundaries; re-running on the same run directory reloads every stored online episode and continues the counters.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from calql_robot.errors import UserError
+from calql_robot.training import session
+from calql_robot.training.checkpoint import find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from calql_robot.training.episodes import EpisodeRecorder, OnlineStore
+from calql_robot.training.logger import MetricsLogger
+from calql_robot.training.offline import load_offline_buffer
+from calql_robot.training.plots import plot_run
+from calql_robot.training.replay import MixedSampler, ReplayBuffer, RewardTransform, batch_to_torch
+
+
+def _agent_cfg_for_finetune(cfg: DictConfig, pre_state: dict[str, Any]) -> DictConfig:
+    """The pre-training run's agent config unless the command line overrides the agent."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    if any(o.lstrip("+~").startswith("agent") for o in overrides) or "config" not in pre_state:
+        return cfg
+    merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    merged.agent = OmegaConf.create(pre_state["config"]["agent"])
+    return merged
+
+
+def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Fine-tune online for ``cfg.finetune.env_steps`` environment steps; returns the final metrics."""
+    from calql_robot.agent import build_agent
+    from calql_robot.datasets.format import obs_spec_from_space
+    from calql_robot.envs import make_task_env
+
+    if not cfg.get("checkpoint"):
+        raise UserError("finetune needs checkpoint=PATH: a pretrain run directory or one of its checkpoint folders")
+    fcfg = cfg.finetune
+    own_ckpt = find_checkpoint(run_dir)
+    pre_tensors, pre_state = load_checkpoint(own_ckpt or cfg.checkpoint)
+    cfg = _agent_cfg_for_finetune(cfg, pre_state)
+    device = session.resolve_device(cfg.device)
+    session.seed_everything(int(cfg.seed))
+    env = make_task_env(cfg.task, seed=int(cfg.seed))
+    eval_env = make_task_env(cfg.task, seed=int(cfg.seed) + 1, render=bool(cfg.eval.video))
+    env_spec = obs_spec_from_space(env.observation_space)
+    action_dim = int(env.action_space.shape[0])
+    dataset = Path(cfg.dataset or pre_state.get("dataset") or session.dataset_path(cfg))
+    transform = RewardTransform.from_task(cfg.task)
+    offline = load_offline_buffer(cfg, dataset, env_spec)[1] if float(fcfg.mixing_ratio) != 0 else None
+    online = ReplayBuffer(env_spec, action_dim, transform)
+    sampler = MixedSampler(offline, online, float(fcfg.mixing_ratio), seed=int(cfg.seed))
+    agent = session.build_agent_for(cfg, env_spec, action_dim, device, build_agent)
+    session.restore_agent(agent, pre_tensors, pre_state)
+
+    store = OnlineStore(run_dir / "online.zarr", env_spec, env.action_space, cfg.task)
+    counters = {"env_steps": 0, "updates": 0, "episodes": 0, "successes": 0}
+    if own_ckpt is not None:
+        restore_rng_state(pre_tensors, pre_state["rng"])
+        sampler.rng.bit_generator.state = pre_state["sampler_rng"]
+        counters.update(pre_state["counters"])
+        print(f"resuming fine-tuning from {own_ckpt} at env step {counters['env_steps']}")
+    else:
+        print(f"fine-tuning from {cfg.checkpoint}")
+    for ep in store.load_into(online):  # episodes stored before a crash are kept, counted once
+        if ep["index"] >= counters["episodes"]:
+            counters["episodes"] += 1
+            counters["env_steps"] += ep["length"]
+            counters["successes"] += int(ep["success"])
+    logger = MetricsLogger(run_dir, resume_step=counters["env_steps"] if own_ckpt is not None else None)
+
+    def save() -> None:
+        state = {"phase": "finetune", "dataset": str(dataset.resolve()), "counters": counters,
+                 "agent_meta": session.agent_meta(agent), "sampler_rng": sampler.rng.bit_generator.state,
+                 "config": OmegaConf.to_container(cfg, resolve=True)}
+        save_checkpoint(run_dir, counters["env_steps"], session.checkpoint_tensors(agent), state)
+
+    fps = float(cfg.task.get("control_freq", 10))
+    total, eval_every = int(fcfg.env_steps), int(cfg.eval.every)
+    last_eval: dict[str, Any] = {}
+    if own_ckpt is None and eval_every > 0:
+        last_eval = session.evaluate_and_log(agent, eval_env, cfg.eval, run_dir, 0, logger, "finetune", fps)
+        print(f"before fine-tuning: eval success {last_eval['success_rate']:.2f}")
+    bar = tqdm(total=total, initial=counters["env_steps"], desc=f"finetune {cfg.task.name} [{cfg.agent.variant}]",
+               unit="step", dynamic_ncols=True, disable=not cfg.progress)
+    recorder = EpisodeRecorder()
+    obs, _ = env.reset(seed=int(cfg.seed) + counters["episodes"])
+    recorder.start(obs)
+    last_save, t0, metrics = counters["env_steps"], time.perf_counter(), {}
+    while counters["env_steps"] < total:
+        action = agent.act(obs, deterministic=False)
+        obs, reward, terminated, truncated, info = env.step(action)
+        recorder.step(obs, action, reward, terminated, truncated, bool(info.get("success", False)))
+        counters["env_steps"] += 1
+        bar.update(1)
+        for _ in range(int(fcfg.utd)):
+            metrics = agent.update(batch_to_torch(sampler.sample(int(fcfg.batch_size)), device))
+            counters["updates"] += 1
+        step = counters["env_steps"]
+        if metrics and step % int(fcfg.log_every) == 0:
+            logger.log("train", step, {**metrics, "env_steps_per_s": step / max(time.perf_counter() - t0, 1e-9)})
+        if terminated or truncated or step >= total:
+            episode = recorder.finish()
+            online.add_episode(episode["obs"], episode["action"], episode["reward"], episode["terminal"])
+            store.append(episode)
+            counters["episodes"] += 1
+            counters["successes"] += int(episode["success"])
+            regret = counters["episodes"] - counters["successes"]
+            logger.log("episode", step, {"return": float(np.sum(episode["reward"])), "success": episode["success"],
+                                         "length": len(episode["action"]), "cumulative_regret": regret,
+                                         "regret_rate": regret / counters["episodes"]})
+            bar.set_postfix(ep=counters["episodes"], succ=f"{counters['successes'] / counters['episodes']:.2f}",
+                            refresh=False)
+            if step - last_save >= int(fcfg.save_every) or step >= total:
+                save()
+                last_save = step
+            obs, _ = env.reset(seed=int(cfg.seed) + counters["episodes"])
+            recorder.start(obs)
+        if eval_every > 0 and (step % eval_every == 0 or step == total):
+            last_eval = session.evaluate_and_log(agent, eval_env, cfg.eval, run_dir, step, logger, "finetune", fps)
+            bar.write(f"env step {step}: eval success {last_eval['success_rate']:.2f}")
+    bar.close()
+    logger.close()
+    env.close()
+    eval_env.close()
+    store.close()
+    plots = plot_run(run_dir)
+    n_ep = max(counters["episodes"], 1)
+    print(f"online episodes: {counters['episodes']}, success rate {counters['successes'] / n_ep:.2f}, "
+          f"regret {(counters['episodes'] - counters['successes']) / n_ep:.3f}")
+    print(f"online data: {run_dir / 'online.zarr'}; checkpoint: {find_checkpoint(run_dir)}")
+    print(f"logs: {run_dir}/{{train,episode,eval}}.csv, TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    for p in plots:
+        print(f"plot: {p}")
+    return {**counters, **{k: v for k, v in last_eval.items() if k != "video"}}
