@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from calql_robot.encoders.config import EncoderConfig
 from calql_robot.encoders.conv import ConvTrunk
 from calql_robot.encoders.resnet import ResNet18Trunk
-from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

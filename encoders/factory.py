@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from torch import nn
+
 from calql_robot.encoders.config import EncoderConfig, check_obs_spec
 from calql_robot.encoders.fusion import FusionEncoder
 from calql_robot.encoders.low_dim import LowDimEncoder
-from torch import nn
-
 from calql_robot.errors import UserError
 
 

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
+
 from calql_robot.encoders.augment import random_shift
 from calql_robot.encoders.camera import CameraEncoder
 from calql_robot.encoders.config import EncoderConfig
-from torch import nn
-
 from calql_robot.errors import UserError
 
 

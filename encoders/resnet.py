@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torchvision
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
@@ -57,7 +56,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             state = load_file(str(file))
         else:
             state = torch.load(file, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, SafetensorError, EOFError) as err:
+    except Exception as err:  # any reader failure (I/O, SafetensorError, rejected by weights_only) is bad input
         raise UserError(f"encoder.resnet_weights file {file} could not be read as a state dict ({err})") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"encoder.resnet_weights file {file} must hold a flat dict of tensor name -> tensor "
