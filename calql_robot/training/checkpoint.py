@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from calql_robot.errors import UserError
@@ -105,7 +106,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         tensors = load_file(str(folder / TENSORS_FILE))
         state = json.loads((folder / STATE_FILE).read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise UserError(f"checkpoint '{folder}' is unreadable or corrupt ({err}); expected a safetensors file "
                         f"{TENSORS_FILE} and a JSON file {STATE_FILE}") from err
     return tensors, state
