@@ -8,6 +8,7 @@ learner's online buffer through :meth:`BackgroundLearner.add_episode`, under a l
 from __future__ import annotations
 
 import copy
+import queue
 import threading
 import time
 from collections.abc import Mapping
@@ -29,11 +30,11 @@ class PolicySnapshot:
         self.generator = torch.Generator().manual_seed(seed)
         self.version = 0
 
-    def load_from(self, agent: Any) -> None:
-        """Copy the agent's current encoder and actor weights (call with the learner's lock held)."""
-        self.encoder.load_state_dict({k: v.detach().cpu() for k, v in agent.encoder.state_dict().items()})
-        self.actor.load_state_dict({k: v.detach().cpu() for k, v in agent.actor.state_dict().items()})
-        self.version += 1
+    def load(self, weights: Mapping[str, Mapping[str, torch.Tensor]], version: int) -> None:
+        """Load published weights {"encoder": state_dict, "actor": state_dict}."""
+        self.encoder.load_state_dict(weights["encoder"])
+        self.actor.load_state_dict(weights["actor"])
+        self.version = version
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
         from calql_robot.agent.actor import TanhGaussianActor
@@ -48,43 +49,69 @@ class PolicySnapshot:
         return action[0].numpy().astype(np.float32)
 
 
-class BackgroundLearner:
-    """Runs ``agent.update`` on mixed offline/online batches in a daemon thread.
+def policy_weights(agent: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """CPU copies of the agent's encoder and actor weights."""
+    return {name: {k: v.detach().to("cpu", copy=True) for k, v in getattr(agent, name).state_dict().items()}
+            for name in ("encoder", "actor")}
 
-    ``max_utd`` caps gradient updates per collected online transition (None: as fast as it can); no update runs
-    before ``min_online`` online transitions exist, so the pre-trained policy is not changed before real data.
+
+class BackgroundLearner:
+    """Runs ``agent.update`` on mixed offline/online batches in a daemon thread; the actor never waits on it.
+
+    Episodes arrive through a queue (:meth:`add_episode` returns at once) and join the online buffer in the learner
+    thread. Every ``publish_every_s`` seconds the learner publishes CPU copies of the policy weights; :meth:`sync`
+    loads the newest published copy into the actor's snapshot without taking any lock the learner holds.
+    ``max_utd`` caps gradient updates per online transition (None: as fast as it can); no update runs before
+    ``min_online`` online transitions exist, so the pre-trained policy is unchanged until real data arrives.
     """
 
     def __init__(self, agent: Any, offline: ReplayBuffer | None, online: ReplayBuffer, mixing_ratio: float,
                  batch_size: int, device: torch.device, max_utd: float | None = 1.0, min_online: int = 1,
-                 seed: int = 0, on_metrics: Any = None):
+                 seed: int = 0, publish_every_s: float = 1.0):
         self.agent, self.online, self.device = agent, online, device
         self.sampler = MixedSampler(offline, online, mixing_ratio, seed=seed)
         self.batch_size, self.max_utd, self.min_online = batch_size, max_utd, min_online
-        self.lock = threading.Lock()
+        self.publish_every_s = publish_every_s
         self.updates = 0
         self.metrics: dict[str, float] = {}
-        self.on_metrics = on_metrics
         self.error: BaseException | None = None
+        self._incoming: queue.Queue = queue.Queue()
+        self._published: tuple[int, dict[str, dict[str, torch.Tensor]]] = (0, policy_weights(agent))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="calql-learner", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop after the update in progress; episodes still queued are added to the buffer."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._drain()
 
     def add_episode(self, episode: Mapping[str, Any]) -> None:
-        """Add a finished episode (obs (N+1, ...), action, reward, terminal) to the online buffer."""
-        with self.lock:
-            self.online.add_episode(episode["obs"], episode["action"], episode["reward"], episode["terminal"])
+        """Queue a finished episode (obs (N+1, ...), action, reward, terminal) for the online buffer."""
+        self._incoming.put(episode)
 
-    def sync(self, policy: PolicySnapshot) -> None:
-        with self.lock:
-            policy.load_from(self.agent)
+    def sync(self, policy: PolicySnapshot) -> bool:
+        """Load the newest published weights into ``policy``; True when they were newer."""
+        version, weights = self._published
+        if version == policy.version:
+            return False
+        policy.load(weights, version)
+        return True
+
+    def publish(self) -> None:
+        self._published = (self.updates, policy_weights(self.agent))
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                ep = self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            self.online.add_episode(ep["obs"], ep["action"], ep["reward"], ep["terminal"])
 
     def _may_update(self) -> bool:
         n_online = len(self.online)
@@ -93,20 +120,19 @@ class BackgroundLearner:
         return self.max_utd is None or self.updates < self.max_utd * n_online
 
     def _run(self) -> None:
+        last_publish = time.monotonic()
         try:
             while not self._stop.is_set():
-                with self.lock:
-                    ready = self._may_update()
-                    batch = self.sampler.sample(self.batch_size) if ready else None
-                if batch is None:
+                self._drain()
+                if not self._may_update():
                     time.sleep(0.01)
                     continue
-                tensors = batch_to_torch(batch, self.device)
-                with self.lock:
-                    metrics = self.agent.update(tensors)
-                    self.updates += 1
-                    self.metrics = metrics
-                if self.on_metrics is not None:
-                    self.on_metrics(self.updates, metrics)
+                batch = batch_to_torch(self.sampler.sample(self.batch_size), self.device)
+                self.metrics = self.agent.update(batch)
+                self.updates += 1
+                if time.monotonic() - last_publish >= self.publish_every_s:
+                    self.publish()
+                    last_publish = time.monotonic()
+            self.publish()
         except BaseException as err:  # surfaced to the acting loop, which stops the robot and reports
             self.error = err
