@@ -7,11 +7,12 @@ learner's online buffer through :meth:`BackgroundLearner.add_episode`, under a l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,7 @@ class BackgroundLearner:
         self.error: BaseException | None = None
         self._incoming: queue.Queue = queue.Queue()
         self._published: tuple[int, dict[str, dict[str, torch.Tensor]]] = (0, policy_weights(agent))
+        self._update_lock = threading.Lock()  # held during each update; checkpoints take it between updates
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="calql-learner", daemon=True)
 
@@ -89,6 +91,12 @@ class BackgroundLearner:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._drain()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the learner between two updates (for a consistent checkpoint)."""
+        with self._update_lock:
+            yield
 
     def add_episode(self, episode: Mapping[str, Any]) -> None:
         """Queue a finished episode (obs (N+1, ...), action, reward, terminal) for the online buffer."""
@@ -127,9 +135,10 @@ class BackgroundLearner:
                 if not self._may_update():
                     time.sleep(0.01)
                     continue
-                batch = batch_to_torch(self.sampler.sample(self.batch_size), self.device)
-                self.metrics = self.agent.update(batch)
-                self.updates += 1
+                with self._update_lock:
+                    batch = batch_to_torch(self.sampler.sample(self.batch_size), self.device)
+                    self.metrics = self.agent.update(batch)
+                    self.updates += 1
                 if time.monotonic() - last_publish >= self.publish_every_s:
                     self.publish()
                     last_publish = time.monotonic()

@@ -25,7 +25,7 @@ from calql_robot.training.plots import plot_run
 from calql_robot.training.replay import MixedSampler, ReplayBuffer, RewardTransform, batch_to_torch
 
 
-def _agent_cfg_for_finetune(cfg: DictConfig, pre_state: dict[str, Any]) -> DictConfig:
+def agent_cfg_for_finetune(cfg: DictConfig, pre_state: dict[str, Any]) -> DictConfig:
     """The pre-training run's agent config unless the command line overrides the agent."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -48,7 +48,7 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fcfg = cfg.finetune
     own_ckpt = find_checkpoint(run_dir)
     pre_tensors, pre_state = load_checkpoint(own_ckpt or cfg.checkpoint)
-    cfg = _agent_cfg_for_finetune(cfg, pre_state)
+    cfg = agent_cfg_for_finetune(cfg, pre_state)
     device = session.resolve_device(cfg.device)
     session.seed_everything(int(cfg.seed))
     env = make_task_env(cfg.task, seed=int(cfg.seed))
