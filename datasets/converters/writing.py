@@ -1,0 +1,156 @@
+"""Write converted episodes into a staged store, verify them by reading back, and summarise the conversion.
+
+The one entry point, :func:`write_episodes`, is shared by every converter: it applies the reward rule, checks each
+episode (a bad one stops the conversion with a message naming episode and field, or is skipped with skip_bad=true),
+writes through :class:`DatasetWriter` into a temporary sibling of the output, re-opens the finished store with
+:class:`ZarrDataset` and compares every episode with what was meant to be written (SHA-256 per field), and only then
+renames the store into place. Nothing half-written is ever left at ``output``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from calql_robot.datasets.converters.common import Episode, SourceEpisode, apply_reward_rule, check_episode, obs_spec_of
+from calql_robot.datasets.format import DatasetWriter, ZarrDataset, staged_store
+from calql_robot.errors import UserError
+
+
+def _digest(value: np.ndarray, dtype: str) -> str:
+    array = np.ascontiguousarray(np.asarray(value).astype(dtype, copy=False))
+    return hashlib.sha256(str(array.shape).encode() + array.tobytes()).hexdigest()
+
+
+def episode_digests(ep: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, str]:
+    """SHA-256 per field of one episode as stored: {"obs/<key>": ..., "action", "reward", "terminal", "truncated"}.
+
+    ``ep`` is ZarrDataset.episode()'s layout: {"obs": {key: (N+1, ...)}, "action", "reward", "terminal", "truncated"}.
+    """
+    out = {f"obs/{key}": _digest(ep["obs"][key], spec[key]["dtype"]) for key in sorted(spec)}
+    out.update(action=_digest(ep["action"], "float32"), reward=_digest(ep["reward"], "float32"),
+               terminal=_digest(ep["terminal"], "bool"), truncated=_digest(ep["truncated"], "bool"))
+    return out
+
+
+def _as_written(ep: Episode) -> dict[str, Any]:
+    return {"obs": ep.observations, "action": ep.actions, "reward": ep.rewards, "terminal": ep.terminals,
+            "truncated": ep.truncations}
+
+
+def action_bounds(cfg: DictConfig, action_dim: int, source_bounds: tuple[Any, Any] | None) -> tuple[np.ndarray, ...]:
+    """(low, high) (A,) float32: ``action_bounds`` option, else the source's bounds, else [-1, 1]."""
+    given = cfg.get("action_bounds")
+    low, high = (given[0], given[1]) if given is not None else source_bounds if source_bounds else (-1.0, 1.0)
+    low = np.broadcast_to(np.asarray(low, dtype=np.float32), (action_dim,)).copy()
+    high = np.broadcast_to(np.asarray(high, dtype=np.float32), (action_dim,)).copy()
+    return low, high
+
+
+def _check_bounds(ep: Episode, low: np.ndarray, high: np.ndarray) -> None:
+    outside = (ep.actions < low - 1e-6) | (ep.actions > high + 1e-6)
+    if np.any(outside):
+        step, dim = (int(i) for i in np.argwhere(outside)[0])
+        raise UserError(
+            f"episode {ep.name}, field action: value {ep.actions[step, dim]:.6g} at step {step}, dimension {dim} lies "
+            f"outside the action bounds [{low[dim]:.6g}, {high[dim]:.6g}]; give the true bounds with "
+            "action_bounds=[low,high] (scalars or per-dimension lists)"
+        )
+
+
+def write_episodes(
+    cfg: DictConfig,
+    names: list[str],
+    load: Callable[[str], SourceEpisode],
+    *,
+    task: str,
+    control_freq: float | None,
+    source: dict[str, Any],
+    source_bounds: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """Convert the episodes ``names`` (each read by ``load(name)``) into ``cfg.output``; return the summary dict.
+
+    Summary: {"output", "episodes", "transitions", "successes", "success_rate", "dropped": [{"episode", "reason"}]}.
+    """
+    output = Path(str(cfg.output)).expanduser()
+    if output.exists() and not cfg.overwrite:
+        raise UserError(f"output {output} already exists; pass overwrite=true to replace it")
+    if not names:
+        raise UserError(f"input {cfg.input}: no episodes found")
+    freq = cfg.get("control_freq") if cfg.get("control_freq") is not None else control_freq
+    if freq is None:
+        raise UserError(f"input {cfg.input}: the source does not state its control frequency; pass control_freq=HZ")
+    dropped: list[dict[str, str]] = []
+    written: list[tuple[str, dict[str, str]]] = []
+    successes = 0
+    with staged_store(output, bool(cfg.overwrite)) as staging:
+        writer: DatasetWriter | None = None
+        spec, low, high = None, None, None
+        for name in tqdm(names, desc=f"convert {cfg.source}", unit="episode"):
+            try:
+                ep = apply_reward_rule(load(name), cfg.reward)
+                check_episode(ep, spec, None if low is None else low.shape[0])
+                if writer is None:
+                    spec = obs_spec_of(ep.observations)
+                    low, high = action_bounds(cfg, ep.actions.shape[1], source_bounds)
+                _check_bounds(ep, low, high)
+            except UserError as err:
+                if not cfg.skip_bad:
+                    raise UserError(f"{err} (input {cfg.input}; pass skip_bad=true to skip bad episodes)") from None
+                dropped.append({"episode": name, "reason": str(err)})
+                tqdm.write(f"skipped episode {name}: {err}")
+                continue
+            if writer is None:
+                writer = DatasetWriter.create(
+                    staging, spec, low, high, task=task, control_freq=float(freq),
+                    reward_success=float(cfg.reward.success_value), reward_failure=float(cfg.reward.failure_value),
+                    source=source, overwrite=True)
+            writer.add_episode(observations=ep.observations, actions=ep.actions, rewards=ep.rewards,
+                               terminals=ep.terminals, truncations=ep.truncations)
+            written.append((name, episode_digests(_as_written(ep), spec)))
+            successes += int(ep.success)
+        if writer is None:
+            raise UserError(f"input {cfg.input}: every episode was dropped ({len(dropped)}); nothing to write")
+        writer.close()
+        n_transitions = verify_store(staging, written, spec)
+    n_eps = len(written)
+    return {"output": str(output), "episodes": n_eps, "transitions": n_transitions, "successes": successes,
+            "success_rate": successes / n_eps, "dropped": dropped}
+
+
+def verify_store(path: Path, written: Iterable[tuple[str, dict[str, str]]], spec: Mapping[str, Any]) -> int:
+    """Re-open ``path`` and compare each stored episode's field digests with ``written``; returns the transitions."""
+    written = list(written)
+    ds = ZarrDataset(path, lazy=True)
+    if ds.n_episodes != len(written):
+        raise UserError(f"verification of {path}: {ds.n_episodes} episodes stored, {len(written)} written")
+    for index, (name, expected) in enumerate(tqdm(written, desc="verify", unit="episode", leave=False)):
+        stored = episode_digests(ds.episode(index), spec)
+        for field_name, digest in expected.items():
+            if stored[field_name] != digest:
+                raise UserError(f"verification failed: episode {name}, field {field_name}: the value read back from "
+                                f"{path} differs from the value written")
+    return int(ds.n_transitions)
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Human-readable closing summary of a conversion (several lines)."""
+    n_eps = int(summary.get("episodes", 0))
+    successes = summary.get("successes")
+    rate = summary.get("success_rate")
+    lines = [f"wrote {summary.get('output', '?')}", f"  episodes:     {n_eps}",
+             f"  transitions:  {summary.get('transitions', '?')}"]
+    if rate is not None:
+        count = f" ({successes} of {n_eps})" if successes is not None else ""
+        lines.append(f"  success rate: {float(rate):.3f}{count}")
+    dropped = list(summary.get("dropped", []))
+    lines.append(f"  dropped:      {len(dropped)}")
+    for item in dropped:
+        lines.append(f"    - {item['episode']}: {item['reason']}" if isinstance(item, Mapping) else f"    - {item}")
+    return "\n".join(lines)
