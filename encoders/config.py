@@ -24,6 +24,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from calql_robot.errors import UserError
 
 ENCODER_NAMES = ("auto", "low_dim", "conv", "resnet18")
@@ -51,6 +53,12 @@ class EncoderConfig:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> EncoderConfig:
         """Parse an ``encoder:`` block (dict or omegaconf DictConfig); bad keys or values raise ``UserError``."""
+        if isinstance(cfg, DictConfig):
+            missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
+            if missing:
+                raise UserError(f"encoder config value(s) {missing} must be set (they are '???' in the config file), "
+                                "e.g. agent.encoder.resnet_weights=/path/to/resnet18.safetensors")
+            cfg = OmegaConf.to_container(cfg, resolve=True)
         raw = dict(cfg.items()) if cfg is not None else {}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)

@@ -19,6 +19,18 @@ def conv_output_side(side: int, layers: int) -> int:
     return side - 2 * (layers - 1)
 
 
+class ChannelsLastConv2d(nn.Conv2d):
+    """Conv2d that runs in channels-last layout (faster with oneDNN on CPU and cuDNN on GPU for 3-32 channels).
+
+    The weight is stored contiguous (so state dicts save as safetensors unchanged) and re-laid out per call; the
+    (32, 32, 3, 3) copy costs nothing next to the convolution. Input that arrives channels-last (the permuted
+    uint8 HWC batch) stays channels-last through the whole trunk.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight.contiguous(memory_format=torch.channels_last), self.bias)
+
+
 class ConvTrunk(nn.Module):
     """(B, C, H, W) float -> (B, channels * h * w) flattened feature map."""
 
@@ -30,7 +42,8 @@ class ConvTrunk(nn.Module):
                             "(each layer after the first removes 2 pixels, the first halves the size)")
         modules: list[nn.Module] = []
         for index in range(layers):
-            modules += [nn.Conv2d(in_channels if index == 0 else channels, channels, 3, stride=2 if index == 0 else 1),
+            modules += [ChannelsLastConv2d(in_channels if index == 0 else channels, channels, 3,
+                                          stride=2 if index == 0 else 1),
                         nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*modules)
         self.out_shape = (channels, out_h, out_w)

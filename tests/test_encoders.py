@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -256,3 +258,27 @@ def test_conv_flops_match_formula():
     conv += 32 * sum(s ** 2 for s in sides)  # biases
     linear = 50 * (2 * 32 * 25 * 25 + 1)
     assert flops == conv + linear
+
+
+def test_channels_last_conv_matches_plain_conv_and_state_dict_saves(tmp_path):
+    spec = {"cam": rgb(), "q": low_dim(2)}
+    for name in ("conv", "resnet18"):
+        enc = build_encoder({"name": name}, spec)
+        save_file(enc.state_dict(), str(tmp_path / f"{name}.safetensors"))  # needs contiguous tensors
+        assert all(not k.endswith(("scale", "shift")) for k in enc.state_dict())
+    conv = build_encoder(None, spec).cameras["cam"].trunk.net[0]
+    x = torch.randn(2, 3, 20, 20).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(conv(x), F.conv2d(x.contiguous(), conv.weight, conv.bias, stride=2), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["auto", "conv", "resnet18", "resnet18_pretrained"])
+def test_encoder_config_files(name):
+    cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / "encoder" / f"{name}.yaml")
+    spec = {"cam": rgb(), "q": low_dim(3)}
+    if name == "resnet18_pretrained":
+        with pytest.raises(UserError, match="resnet_weights"):
+            build_encoder(cfg, spec)
+        return
+    enc = build_encoder(cfg, spec)
+    assert enc.out_dim == cfg.feature_dim + 3
+    assert any(type(m).__name__ == "GroupNorm" for m in enc.modules()) == (name == "resnet18")

@@ -1,0 +1,112 @@
+"""Throughput of the image encoders against the machine's own fp32 matmul speed.
+
+Usage::
+
+    .venv/bin/python bench/encoder_speed.py                       # conv + resnet18 at 64 and 84, batch 256
+    .venv/bin/python bench/encoder_speed.py --sizes 64 --encoders conv --batch 64 --min-time 1
+
+For each encoder and image size it prints: analytic FLOPs per image (Conv2d: 2 * C_in/groups * k_h * k_w * C_out *
+H_out * W_out, Linear: 2 * in * out, plus biases; see calql_robot.encoders.flops), images/s for a forward pass
+(no grad) and for forward + backward (training: random shift on, loss = sum of features), the achieved FLOP/s
+(forward + backward counted as 3x forward: the backward pass computes gradients for inputs and weights, 2x forward)
+and that as a fraction of the fp32 matmul FLOP/s measured in the same run (2048 x 2048 @ 2048 x 2048 loop,
+2 * n^3 FLOPs each). The encoder is one camera, feature_dim 50, with the default options otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+from calql_robot.encoders import build_encoder
+from calql_robot.encoders.flops import count_flops
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_per_call(fn: Callable[[], object], device: torch.device, min_time: float, min_calls: int = 2) -> float:
+    """Seconds per call of ``fn`` after one warm-up call: at least ``min_calls`` calls and ``min_time`` seconds."""
+    fn()
+    sync(device)
+    calls, start = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < min_time:
+        fn()
+        calls += 1
+    sync(device)
+    return (time.perf_counter() - start) / calls
+
+
+def matmul_flops_per_s(device: torch.device, n: int, min_time: float) -> float:
+    """fp32 FLOP/s of an n x n matmul loop (2 n^3 FLOPs per product; TF32 off)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n ** 3 / time_per_call(lambda: a @ b, device, min_time, min_calls=3)
+
+
+def bench_encoder(name: str, size: int, batch: int, device: torch.device, min_time: float) -> dict[str, float]:
+    spec = {"cam": {"shape": [size, size, 3], "dtype": "uint8", "kind": "rgb"}}
+    enc = build_encoder({"name": name, "feature_dim": 50}, spec).to(device)
+    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=device)
+    one = {"cam": images[:1]}
+    flops = count_flops(enc, lambda: enc(one))
+    obs = {"cam": images}
+
+    def forward() -> None:
+        with torch.no_grad():
+            enc(obs)
+
+    def forward_backward() -> None:
+        enc.zero_grad(set_to_none=True)
+        enc(obs, augment=True).sum().backward()
+
+    fwd_s = time_per_call(forward, device, min_time)
+    train_s = time_per_call(forward_backward, device, min_time)
+    params = sum(p.numel() for p in enc.parameters())
+    return {"flops": flops, "params": params, "fwd_ips": batch / fwd_s, "train_ips": batch / train_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--encoders", nargs="+", default=["conv", "resnet18"], choices=["conv", "resnet18"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 84])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--min-time", type=float, default=2.0, help="seconds of timed calls per measurement")
+    parser.add_argument("--matmul-n", type=int, default=2048)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+
+    load = os.getloadavg()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"cpus {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (before)")
+    peak = matmul_flops_per_s(device, args.matmul_n, args.min_time)
+    print(f"fp32 matmul {args.matmul_n}^2: {peak / 1e9:.1f} GFLOP/s")
+    print(f"\nbatch {args.batch}; train = forward + backward with random shift; "
+          "achieved = FLOPs/img x img/s (train counted as 3x forward)\n")
+    print("| encoder | size | params | MFLOP/img | fwd img/s | fwd GFLOP/s | fwd % matmul | train img/s "
+          "| train GFLOP/s | train % matmul |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for enc_name in args.encoders:
+        for size in args.sizes:
+            r = bench_encoder(enc_name, size, args.batch, device, args.min_time)
+            fwd_rate, train_rate = r["flops"] * r["fwd_ips"], 3 * r["flops"] * r["train_ips"]
+            print(f"| {enc_name} | {size} | {r['params'] / 1e6:.2f} M | {r['flops'] / 1e6:.1f} | {r['fwd_ips']:.0f} "
+                  f"| {fwd_rate / 1e9:.1f} | {100 * fwd_rate / peak:.0f}% | {r['train_ips']:.0f} "
+                  f"| {train_rate / 1e9:.1f} | {100 * train_rate / peak:.0f}% |", flush=True)
+    load = os.getloadavg()
+    print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (after)")
+
+
+if __name__ == "__main__":
+    main()
