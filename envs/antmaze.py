@@ -1,9 +1,13 @@
 """AntMaze tasks of the Cal-QL paper (umaze, medium, large) on gymnasium-robotics ``AntMaze_*-v4``.
 
-``AntMaze_*-v4`` is the version the Minari ``D4RL/antmaze/*`` datasets were recorded with (v5 adds contact forces
-to the observation, 105 values instead of 27). Evaluation follows D4RL: a fixed start cell and a fixed goal cell per
-maze (``EVAL_MAPS``), sparse reward 1.0 when the ant's torso (x, y) is within 0.45 of the goal, else 0.0, and the
-episode *terminates* on success (``continuing_task=False``, ``reset_target=False``). Horizon 700 (umaze) / 1000.
+``AntMaze_*-v4`` is the version the Minari ``D4RL/antmaze/*-v1`` datasets were recorded with (v5 adds contact
+forces to the observation, 105 values instead of 27); the data were recorded with ``continuing_task=True``,
+``reset_target=False``. Evaluation: a fixed start cell and a fixed goal cell per maze (``MAZES``), sparse reward 1.0
+when the ant's torso (x, y) is within 0.45 of the goal, else 0.0, and the episode *terminates* on success
+(``continuing_task=False``, ``reset_target=False``). Horizon 700 (umaze) / 1000. Start and goal cells: medium and
+large as in the Minari datasets' evaluation env specs (start (1, 1); goal (6, 6) / (7, 9)); umaze as in the
+Minari umaze data (start (3, 1), goal (1, 1): D4RL's layout, whose row axis points the other way) because the
+umaze evaluation spec stored in Minari has left-right mirrored walls (Minari issue #304).
 
 State layout (31 float32), the order ``gymnasium.spaces.flatten`` gives the Dict the Minari datasets store
 (keys sorted): ``achieved_goal`` (torso x, y; 2) | ``desired_goal`` (goal x, y; 2) | ``observation`` (27: torso z,
@@ -26,7 +30,7 @@ CONTROL_FREQ = 20.0  # ant frame_skip 5 x timestep 0.01 s
 
 
 def _with_cells(walls: list[list[Any]], start: tuple[int, int], goal: tuple[int, int]) -> list[list[Any]]:
-    """Copy of ``walls`` with the start cell marked R and the goal cell marked G (the D4RL evaluation layout)."""
+    """Copy of ``walls`` with the start cell marked R and the goal cell marked G (an evaluation layout)."""
     maze = [list(row) for row in walls]
     maze[start[0]][start[1]] = R
     maze[goal[0]][goal[1]] = G
@@ -35,7 +39,7 @@ def _with_cells(walls: list[list[Any]], start: tuple[int, int], goal: tuple[int,
 
 #: maze name -> (env id, evaluation map with fixed start R and goal G, horizon)
 MAZES: dict[str, tuple[str, list[list[Any]], int]] = {
-    "umaze": ("AntMaze_UMaze-v4", _with_cells(U_MAZE, (1, 1), (3, 1)), 700),
+    "umaze": ("AntMaze_UMaze-v4", _with_cells(U_MAZE, (3, 1), (1, 1)), 700),
     "medium": ("AntMaze_Medium-v4", _with_cells(MEDIUM_MAZE, (1, 1), (6, 6)), 1000),
     "large": ("AntMaze_Large-v4", _with_cells(LARGE_MAZE, (1, 1), (7, 9)), 1000),
 }

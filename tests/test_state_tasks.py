@@ -103,15 +103,15 @@ def test_antmaze_reward_zero_away_from_goal_and_terminal_success_at_goal(umaze):
     assert reward == 1.0 and terminated and not truncated and info["success"] is True
 
 
-def test_antmaze_goal_and_start_follow_the_d4rl_cells(umaze):
+def test_antmaze_umaze_start_and_goal_cells_match_the_minari_umaze_data(umaze):
     starts, goals = [], []
     for seed in range(5):
         obs, _ = umaze.reset(seed=seed)
         starts.append(obs["state"][:2])
         goals.append(umaze.goal_xy())
     maze = umaze.inner.maze
-    start_xy = maze.cell_rowcol_to_xy(np.array([1, 1]))
-    goal_xy = maze.cell_rowcol_to_xy(np.array([3, 1]))
+    start_xy = maze.cell_rowcol_to_xy(np.array([3, 1]))  # R and G cells of the D4RL/antmaze/umaze-v1 data map
+    goal_xy = maze.cell_rowcol_to_xy(np.array([1, 1]))
     noise = 0.25 * maze.maze_size_scaling
     assert np.all(np.abs(np.array(starts) - start_xy) <= noise + 1e-6)
     assert np.all(np.abs(np.array(goals) - goal_xy) <= noise + 1e-6)
