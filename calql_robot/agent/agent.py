@@ -1,0 +1,209 @@
+"""CalQLAgent: Cal-QL, CQL and SAC-with-offline-data as variants of one update (see docs/agent.md).
+
+``update(batch)`` reads top to bottom: encode, actor and temperature losses, TD target, one batched critic forward
+over every action set, CQL penalty (with the Cal-QL bound), one backward pass for all losses, optimizer steps,
+Polyak update. Every loss only reaches its own parameters (the others are detached), so one backward is exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from calql_robot.agent import losses
+from calql_robot.agent.actor import TanhGaussianActor
+from calql_robot.agent.config import AgentConfig
+from calql_robot.agent.cpu_tuning import tune_cpu_allocator
+from calql_robot.agent.critic import QEnsemble
+from calql_robot.agent.state import load_module, load_optimizer, module_tensors, optimizer_tensors
+from calql_robot.encoders import build_encoder
+from calql_robot.errors import UserError
+
+
+class CalQLAgent:
+    """Actor, critic ensemble (owning the encoder), target critics, temperature and CQL multiplier, with Adam each."""
+
+    def __init__(self, cfg: AgentConfig, obs_spec: Mapping[str, Mapping[str, Any]], action_dim: int, device: Any):
+        self.cfg, self.obs_spec, self.action_dim = cfg, dict(obs_spec), int(action_dim)
+        self.device = torch.device(device)
+        if cfg.cpu_allocator_tuning and self.device.type == "cpu":
+            tune_cpu_allocator()
+        self.encoder = build_encoder(cfg.encoder, obs_spec).to(self.device)
+        feature_dim = int(self.encoder.out_dim)
+        self.actor = TanhGaussianActor(feature_dim, action_dim, cfg.actor_hidden, cfg.orthogonal_init).to(self.device)
+        self.critic = QEnsemble(feature_dim, action_dim, cfg.critic_hidden, cfg.num_critics, cfg.orthogonal_init)
+        self.critic.to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=self.device, requires_grad=True)
+        self.log_alpha_prime = torch.tensor(
+            float(cfg.cql_lagrange_init_log_alpha), device=self.device, requires_grad=True
+        )
+        self.target_entropy = -float(action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+        self.optimizers = {
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
+            "critic": torch.optim.Adam([*self.critic.parameters(), *self.encoder.parameters()], lr=cfg.critic_lr),
+            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
+            "cql_alpha_prime": torch.optim.Adam([self.log_alpha_prime], lr=cfg.critic_lr),
+        }
+        self.step = torch.zeros((), dtype=torch.int64)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))  # follows the global seed
+
+    # ------------------------------------------------------------------ training
+    def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """One gradient step of every network on ``batch`` (see docs/DESIGN.md); returns float metrics."""
+        cfg, gen, n = self.cfg, self.generator, self.cfg.cql_n_actions
+        action, reward = batch["action"], batch["reward"]
+        terminal, mc_return = batch["terminal"].float(), batch["mc_return"]
+        sample = TanhGaussianActor.sample
+
+        # Features: the critic's encoder runs once per observation batch (augmentation on while training).
+        obs_features = self.encoder(batch["obs"], augment=True)  # (B, F), trained by the critic loss
+        with torch.no_grad():
+            next_features = self.encoder(batch["next_obs"], augment=True)  # (B, F)
+        actor_features = obs_features.detach() if cfg.actor_detach_encoder else obs_features
+
+        # Actor and temperature: a ~ pi(s) reparameterised, critics evaluated with detached weights.
+        mean, log_std = self.actor(actor_features)  # (B, A) each
+        new_action, new_log_prob = sample(mean, log_std, 1, gen)  # (1, B, A), (1, B)
+        q_new = self.critic(obs_features.detach(), new_action, detach_params=True).min(dim=0).values[0]  # (B,)
+        alpha = self.log_alpha.exp()
+        actor_loss = losses.actor_loss(new_log_prob[0], q_new, alpha)
+        alpha_loss = losses.temperature_loss(self.log_alpha, new_log_prob[0], self.target_entropy)
+
+        # TD target from the target critics at n next-policy samples (max-target backup) or one.
+        with torch.no_grad():
+            next_mean, next_log_std = self.actor(next_features)
+            n_backup = n if cfg.cql_max_target_backup else 1
+            backup_action, backup_log_prob = sample(next_mean, next_log_std, n_backup, gen)  # (n, B, A), (n, B)
+            target_q = self.critic_target(next_features, backup_action)  # (C, n, B)
+            td_target = losses.td_target(
+                reward, terminal, cfg.discount, target_q, backup_log_prob, alpha,
+                cfg.cql_max_target_backup, cfg.backup_entropy,
+            )  # fmt: skip
+            action_sets = [action.unsqueeze(0)]  # data action first, then 3 x n sampled sets for CQL
+            if cfg.uses_cql:
+                random_action = torch.rand((n, *action.shape), generator=gen, device=action.device) * 2.0 - 1.0
+                policy_action, policy_log_prob = sample(mean.detach(), log_std.detach(), n, gen)
+                next_policy_action, next_policy_log_prob = sample(next_mean, next_log_std, n, gen)
+                action_sets += [random_action, policy_action, next_policy_action]
+            action_sets = torch.cat(action_sets, dim=0)  # (1 [+ 3n], B, A)
+
+        # One critic forward for every action set at s: (C, 1 [+ 3n], B).
+        q_all = self.critic(obs_features, action_sets)
+        q_data = q_all[:, 0]  # (C, B)
+        td_loss = losses.td_loss(q_data, td_target)
+        zero = torch.zeros((), device=self.device)
+        cql_loss, lagrange_loss, cql_gap, bound_rate, cql_weight = zero, zero, zero, zero, zero
+        if cfg.uses_cql:
+            q_random, q_policy, q_next_policy = q_all[:, 1 : 1 + n], q_all[:, 1 + n : 1 + 2 * n], q_all[:, 1 + 2 * n :]
+            bounded_policy, active_policy = losses.calibrate(q_policy, mc_return)
+            bounded_next, active_next = losses.calibrate(q_next_policy, mc_return)
+            bound_rate = torch.cat([active_policy, active_next], dim=1).float().mean()
+            if cfg.calibrated:
+                q_policy, q_next_policy = bounded_policy, bounded_next
+            logsumexp_q = losses.cql_logsumexp(
+                q_random, q_policy, q_next_policy, policy_log_prob, next_policy_log_prob, q_data,
+                self.action_dim, cfg.cql_importance_sample, cfg.cql_temp,
+            )  # fmt: skip
+            cql_gap_per_critic = losses.cql_gap(logsumexp_q, q_data)  # (C,)
+            cql_gap = cql_gap_per_critic.detach().mean()
+            if cfg.cql_lagrange:
+                cql_weight = losses.lagrange_multiplier(self.log_alpha_prime).detach() * cfg.lagrange_weight
+                cql_loss = (cql_weight * (cql_gap_per_critic - cfg.cql_target_action_gap)).sum()
+                lagrange_loss = losses.lagrange_loss(
+                    self.log_alpha_prime, cql_gap_per_critic, cfg.cql_target_action_gap, cfg.lagrange_weight
+                )
+            else:
+                cql_weight = torch.tensor(cfg.cql_alpha, device=self.device)
+                cql_loss = cfg.cql_alpha * cql_gap_per_critic.sum()
+        critic_loss = td_loss + cql_loss
+
+        # One backward for all losses (each reaches only its own parameters), then every optimizer steps.
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        (critic_loss + actor_loss + alpha_loss + lagrange_loss).backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        with torch.no_grad():
+            for target_param, param in zip(self.critic_target.parameters(), self.critic.parameters()):
+                target_param.lerp_(param, cfg.tau)
+        self.step += 1
+
+        metrics = {
+            "critic_loss": critic_loss, "td_loss": td_loss, "cql_loss": cql_loss, "actor_loss": actor_loss,
+            "alpha_loss": alpha_loss, "lagrange_loss": lagrange_loss, "alpha": alpha,
+            "cql_alpha": cql_weight, "cql_alpha_prime": losses.lagrange_multiplier(self.log_alpha_prime),
+            "cql_penalty": cql_gap, "bound_rate": bound_rate, "q_data_mean": q_data.mean(),
+            "q_policy_mean": q_new.mean(), "mc_return_mean": mc_return.float().mean(),
+            "td_target_mean": td_target.mean(), "entropy": -new_log_prob.mean(),
+        }  # fmt: skip
+        values = torch.stack([value.detach().float().reshape(()) for value in metrics.values()]).tolist()  # one sync
+        return dict(zip(metrics, values))
+
+    # ------------------------------------------------------------------ acting
+    def act_batch(self, obs: Mapping[str, torch.Tensor], deterministic: bool) -> torch.Tensor:
+        """Batched actions: obs {k: (B, ...)} tensors on the agent's device -> (B, A) in [-1, 1]."""
+        with torch.no_grad():
+            mean, log_std = self.actor(self.encoder(obs, augment=False))
+            if deterministic:
+                return TanhGaussianActor.deterministic(mean)
+            return TanhGaussianActor.sample(mean, log_std, 1, self.generator)[0][0]
+
+    def act(self, obs: Mapping[str, np.ndarray], deterministic: bool) -> np.ndarray:
+        """One observation {k: (...)} without batch dim -> action (A,) float32; deterministic = tanh(mean)."""
+        missing = sorted(set(self.obs_spec) - set(obs))
+        if missing:
+            raise UserError(f"observation passed to agent.act lacks key(s) {missing}; expected {sorted(self.obs_spec)}")
+        obs_batch = {k: torch.as_tensor(np.asarray(obs[k]), device=self.device).unsqueeze(0) for k in self.obs_spec}
+        return self.act_batch(obs_batch, deterministic)[0].cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ state
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        """The saved networks by name prefix."""
+        return {
+            "encoder": self.encoder, "actor": self.actor, "critic": self.critic, "critic_target": self.critic_target
+        }
+
+    def state_dict_tensors(self) -> dict[str, torch.Tensor]:
+        """Every network (incl. targets, encoder), optimizer state, log_alpha(s), step and RNG as name -> Tensor."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, module in self._modules().items():
+            tensors.update(module_tensors(name, module))
+        for name, optimizer in self.optimizers.items():
+            tensors.update(optimizer_tensors(f"optim.{name}", optimizer))
+        tensors["log_alpha"] = self.log_alpha.detach().clone()
+        tensors["log_alpha_prime"] = self.log_alpha_prime.detach().clone()
+        tensors["step"] = self.step.clone()
+        tensors["rng_state"] = self.generator.get_state().clone()
+        return tensors
+
+    def load_state_dict_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Restore everything saved by ``state_dict_tensors`` (tensors may be on any device)."""
+        missing = [k for k in ("log_alpha", "log_alpha_prime", "step", "rng_state") if k not in tensors]
+        if missing:
+            raise UserError(f"agent state lacks {missing}; was it written by CalQLAgent.state_dict_tensors?")
+        for name, module in self._modules().items():
+            load_module(module, name, tensors)
+        for name, optimizer in self.optimizers.items():
+            load_optimizer(optimizer, f"optim.{name}", tensors)
+        with torch.no_grad():
+            self.log_alpha.copy_(tensors["log_alpha"])
+            self.log_alpha_prime.copy_(tensors["log_alpha_prime"])
+        self.step = tensors["step"].detach().clone().to(torch.int64).cpu()
+        self.generator.set_state(tensors["rng_state"].detach().cpu().to(torch.uint8))
+
+    def state_dict_meta(self) -> dict[str, Any]:
+        """JSON-able facts that go beside the tensors: the config, obs spec, action dim and step."""
+        return {
+            "agent_config": dataclasses.asdict(self.cfg),
+            "obs_spec": self.obs_spec,
+            "action_dim": self.action_dim,
+            "step": int(self.step),
+        }
