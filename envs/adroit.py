@@ -44,12 +44,13 @@ def binary_reward(success: np.ndarray | bool) -> np.ndarray | float:
 class AdroitBinaryTaskEnv(StateTaskEnv):
     """Adroit hand task with the binary reward and ``info['success']`` = goal achieved on this step."""
 
-    def __init__(self, task: str, render: bool, horizon: int | None):
+    def __init__(self, task: str, render: bool, horizon: int | None, render_size: int = 256):
         if task not in ADROIT_TASKS:
             raise ValueError(f"unknown Adroit task '{task}'; expected one of {sorted(ADROIT_TASKS)}")
         env_id, default_horizon, state_dim, _ = ADROIT_TASKS[task]
         self.task = task
-        super().__init__(make_inner_env(env_id, render), state_dim, horizon or default_horizon, CONTROL_FREQ)
+        inner = make_inner_env(env_id, render, render_size)
+        super().__init__(inner, state_dim, horizon or default_horizon, CONTROL_FREQ)
 
     def flatten_obs(self, raw_obs: np.ndarray) -> np.ndarray:
         return flatten_adroit_obs(raw_obs)
@@ -62,11 +63,13 @@ class AdroitBinaryTaskEnv(StateTaskEnv):
         return float(binary_reward(success)), success, False
 
 
-def make_adroit_env(task: str, render: bool = False, horizon: int | None = None, **kwargs: Any) -> AdroitBinaryTaskEnv:
-    """Build an Adroit binary task env; ``task``: pen | door | relocate."""
+def make_adroit_env(
+    task: str, render: bool = False, horizon: int | None = None, render_size: int = 256, **kwargs: Any
+) -> AdroitBinaryTaskEnv:
+    """Build an Adroit binary task env; ``task``: pen | door | relocate; ``render_size``: side of rendered frames."""
     if kwargs:
         raise TypeError(f"make_adroit_env: unexpected arguments {sorted(kwargs)}")
-    return AdroitBinaryTaskEnv(task, render, horizon)
+    return AdroitBinaryTaskEnv(task, render, horizon, render_size)
 
 
 def generate_dataset(

@@ -65,12 +65,17 @@ def antmaze_state_dim(include_goal: bool = True) -> int:
 class AntMazeTaskEnv(StateTaskEnv):
     """AntMaze with the Cal-QL conventions: reward 1/0, terminal on success, ``info['success']``."""
 
-    def __init__(self, maze: str, render: bool, horizon: int | None, include_goal: bool, position_noise_range: float):
+    def __init__(
+        self, maze: str, render: bool, horizon: int | None, include_goal: bool, position_noise_range: float,
+        render_size: int = 256,
+    ):
         if maze not in VARIANT_MAZE:
             raise ValueError(f"unknown maze '{maze}'; expected one of {sorted(VARIANT_MAZE)}")
         self.maze_name = VARIANT_MAZE[maze]
         env_id, maze_map, default_horizon = MAZES[self.maze_name]
-        inner = make_inner_env(env_id, render, maze_map=maze_map, continuing_task=False, reset_target=False)
+        inner = make_inner_env(
+            env_id, render, render_size, maze_map=maze_map, continuing_task=False, reset_target=False
+        )
         inner.position_noise_range = float(position_noise_range)  # v4's constructor does not pass it through
         self.include_goal = include_goal
         super().__init__(inner, antmaze_state_dim(include_goal), horizon or default_horizon, CONTROL_FREQ)
@@ -97,14 +102,15 @@ class AntMazeTaskEnv(StateTaskEnv):
 
 def make_antmaze_env(
     maze: str, render: bool = False, horizon: int | None = None, include_goal: bool = True,
-    position_noise_range: float = 0.25, **kwargs: Any,
+    position_noise_range: float = 0.25, render_size: int = 256, **kwargs: Any,
 ) -> AntMazeTaskEnv:
     """Build an AntMaze task env. ``maze``: umaze | umaze_diverse | medium_play | medium_diverse | large_play |
     large_diverse. ``position_noise_range`` (x maze cell size 4) is gymnasium-robotics' uniform noise on start
-    and goal. Unknown ``kwargs`` are rejected so that a typo in a task config fails loudly."""
+    and goal; ``render_size`` the side of rendered frames. Unknown ``kwargs`` are rejected so that a typo in a task
+    config fails loudly."""
     if kwargs:
         raise TypeError(f"make_antmaze_env: unexpected arguments {sorted(kwargs)}")
-    return AntMazeTaskEnv(maze, render, horizon, include_goal, position_noise_range)
+    return AntMazeTaskEnv(maze, render, horizon, include_goal, position_noise_range, render_size)
 
 
 def generate_dataset(

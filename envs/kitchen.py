@@ -57,11 +57,13 @@ def cumulative_completion_counts(achieved_goal: dict[str, np.ndarray], tasks: li
 class KitchenTaskEnv(StateTaskEnv):
     """Franka Kitchen with reward = subtasks completed so far, terminal when all are done."""
 
-    def __init__(self, tasks: list[str], render: bool, horizon: int):
+    def __init__(self, tasks: list[str], render: bool, horizon: int, render_size: int = 256):
         unknown = [t for t in tasks if t not in OBS_ELEMENT_INDICES]
         if unknown:
             raise ValueError(f"unknown kitchen subtasks {unknown}; expected names from {sorted(OBS_ELEMENT_INDICES)}")
-        inner = make_inner_env(ENV_ID, render, tasks_to_complete=list(tasks), terminate_on_tasks_completed=True)
+        inner = make_inner_env(
+            ENV_ID, render, render_size, tasks_to_complete=list(tasks), terminate_on_tasks_completed=True
+        )
         self.tasks = list(tasks)
         self._done: set[str] = set()
         super().__init__(inner, STATE_DIM, horizon, CONTROL_FREQ)
@@ -89,16 +91,17 @@ class KitchenTaskEnv(StateTaskEnv):
 
 def make_kitchen_env(
     task_set: str = "complete", render: bool = False, horizon: int = HORIZON, tasks: list[str] | None = None,
-    **kwargs: Any,
+    render_size: int = 256, **kwargs: Any,
 ) -> KitchenTaskEnv:
-    """Build a kitchen task env; ``task_set``: complete | partial | mixed, or an explicit ``tasks`` list."""
+    """Build a kitchen task env; ``task_set``: complete | partial | mixed, or an explicit ``tasks`` list;
+    ``render_size``: side of rendered frames."""
     if kwargs:
         raise TypeError(f"make_kitchen_env: unexpected arguments {sorted(kwargs)}")
     if tasks is None:
         if task_set not in TASK_SETS:
             raise ValueError(f"unknown kitchen task_set '{task_set}'; expected one of {sorted(TASK_SETS)}")
         tasks = TASK_SETS[task_set]
-    return KitchenTaskEnv(list(tasks), render, horizon)
+    return KitchenTaskEnv(list(tasks), render, horizon, render_size)
 
 
 def generate_dataset(

@@ -24,12 +24,17 @@ from tqdm import tqdm
 STATE_KEY = "state"
 
 
-def make_inner_env(env_id: str, render: bool, **kwargs: Any) -> gym.Env:
-    """``gym.make`` a gymnasium-robotics env without its TimeLimit / checker wrappers (the task keeps the horizon)."""
+def make_inner_env(env_id: str, render: bool, render_size: int = 256, **kwargs: Any) -> gym.Env:
+    """``gym.make`` a gymnasium-robotics env without its TimeLimit / checker wrappers (the task keeps the horizon).
+
+    With ``render`` the env renders ``(render_size, render_size, 3)`` uint8 frames (``rgb_array``).
+    """
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
-    env = gym.make(env_id, render_mode="rgb_array" if render else None, disable_env_checker=True, **kwargs)
+    if render:
+        kwargs.update(render_mode="rgb_array", width=int(render_size), height=int(render_size))
+    env = gym.make(env_id, disable_env_checker=True, **kwargs)
     return env.unwrapped
 
 
@@ -180,5 +185,7 @@ def write_generated_dataset(
                     observations=episode["observations"], actions=episode["actions"], rewards=episode["rewards"],
                     terminals=episode["terminals"], truncations=episode["truncations"],
                 )
-    print(f"generated {episodes} episodes of {task} ({n_success} successful) -> {path}")
+    print(f"generated {episodes} noisy random episodes of {task} ({n_success} successful) -> {path}\n"
+          f"note: a small plumbing dataset, not benchmark data; for the paper's data convert the task's Minari dataset "
+          f"(docs/tasks.md: python -m calql_robot.convert source=minari input=<task.dataset.minari_id> ...)")
     return str(path)

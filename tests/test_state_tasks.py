@@ -197,3 +197,15 @@ def test_generator_writes_a_valid_store(tmp_path, name, overrides, episodes):
     finally:
         env.close()
     assert first_obs.shape == arrays["obs"]["state"].shape[1:]
+
+
+def test_render_returns_square_frames_of_the_requested_size():
+    env = make_adroit_env("door", render=True, render_size=64)
+    try:
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+        frame = env.render()
+        assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and frame.std() > 0
+        assert env.metadata["render_fps"] == 100
+    finally:
+        env.close()
