@@ -61,7 +61,9 @@ def _record_antmaze(steps: int = 40) -> None:
 
 
 def _record_kitchen(steps: int = 12) -> None:
-    env = gym.make("FrankaKitchen-v1", tasks_to_complete=TASK_SETS["complete"], max_episode_steps=steps)
+    # the settings of the D4RL/kitchen/*-v2 recordings: tasks not removed when done, no termination
+    env = gym.make("FrankaKitchen-v1", tasks_to_complete=TASK_SETS["complete"], max_episode_steps=steps,
+                   remove_task_when_completed=False, terminate_on_tasks_completed=False)
     collector = DataCollector(env, record_infos=False)
     rng = np.random.default_rng(1)
     for ep in range(2):
@@ -196,6 +198,7 @@ def test_kitchen_reward_is_completed_count_and_terminal_when_all_done(minari_roo
     episodes = list(dataset.iterate_episodes())
     assert store.attrs["task"] == "kitchen_complete" and store.attrs["reward"]["success"] == 4.0
     assert summary["success_rate"] == pytest.approx(0.5)
+    assert len(episodes[1].rewards) == 12 and summary["dropped_steps"] == 12 - 7  # steps after all 4 are dropped
     quiet, placed = store.episode(0), store.episode(1)
     assert np.all(quiet["reward"] == 0) and not quiet["terminal"].any() and quiet["truncated"][-1]
     np.testing.assert_allclose(quiet["obs"]["state"], episodes[0].observations["observation"].astype(np.float32))
