@@ -102,17 +102,10 @@ class CalQLAgent:
         zero = torch.zeros((), device=self.device)
         cql_loss, lagrange_loss, cql_gap, bound_rate, cql_weight = zero, zero, zero, zero, zero
         if cfg.uses_cql:
-            q_random, q_policy, q_next_policy = q_all[:, 1 : 1 + n], q_all[:, 1 + n : 1 + 2 * n], q_all[:, 1 + 2 * n :]
-            bounded_policy, active_policy = losses.calibrate(q_policy, mc_return)
-            bounded_next, active_next = losses.calibrate(q_next_policy, mc_return)
-            bound_rate = torch.cat([active_policy, active_next], dim=1).float().mean()
-            if cfg.calibrated:
-                q_policy, q_next_policy = bounded_policy, bounded_next
-            logsumexp_q = losses.cql_logsumexp(
-                q_random, q_policy, q_next_policy, policy_log_prob, next_policy_log_prob, q_data,
-                self.action_dim, cfg.cql_importance_sample, cfg.cql_temp,
-            )  # fmt: skip
-            cql_gap_per_critic = losses.cql_gap(logsumexp_q, q_data)  # (C,)
+            cql_gap_per_critic, bound_rate = losses.cql_penalty(
+                q_all, n, mc_return, policy_log_prob, next_policy_log_prob, self.action_dim,
+                cfg.calibrated, cfg.cql_importance_sample, cfg.cql_temp,
+            )  # fmt: skip  (C,), scalar
             cql_gap = cql_gap_per_critic.detach().mean()
             if cfg.cql_lagrange:
                 cql_weight = losses.lagrange_multiplier(self.log_alpha_prime).detach() * cfg.lagrange_weight

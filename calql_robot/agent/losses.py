@@ -106,3 +106,36 @@ def actor_loss(log_prob: torch.Tensor, q_min: torch.Tensor, alpha: torch.Tensor)
 def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """Automatic entropy tuning: -mean(log_alpha * (log pi + target_entropy)), log_prob (B,) detached here."""
     return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+def cql_penalty(
+    q_all: torch.Tensor,
+    n_actions: int,
+    mc_return: torch.Tensor,
+    log_prob_policy: torch.Tensor,
+    log_prob_next_policy: torch.Tensor,
+    action_dim: int,
+    calibrated: bool,
+    importance_sample: bool,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CQL gap per critic (C,) and the bound rate (scalar) from one critic forward over all action sets.
+
+    q_all (C, 1 + 3n, B): Q(s, .) at [data action, n uniform, n pi(s), n pi(s')] in this order; mc_return (B,);
+    log probs (n, B). With ``calibrated`` (Cal-QL) only the pi(s) and pi(s') values are replaced by max(Q, G(s));
+    random-action and data values never are. The bound rate (fraction of the C x 2n x B policy values with
+    G(s) > Q) is computed either way, so CQL runs log how often Cal-QL's bound would act.
+    """
+    n = n_actions
+    q_data, q_random = q_all[:, 0], q_all[:, 1 : 1 + n]
+    q_policy, q_next_policy = q_all[:, 1 + n : 1 + 2 * n], q_all[:, 1 + 2 * n : 1 + 3 * n]
+    bounded_policy, active_policy = calibrate(q_policy, mc_return)
+    bounded_next, active_next = calibrate(q_next_policy, mc_return)
+    bound_rate = torch.cat([active_policy, active_next], dim=1).float().mean()
+    if calibrated:
+        q_policy, q_next_policy = bounded_policy, bounded_next
+    logsumexp_q = cql_logsumexp(
+        q_random, q_policy, q_next_policy, log_prob_policy, log_prob_next_policy, q_data,
+        action_dim, importance_sample, temperature,
+    )  # fmt: skip
+    return cql_gap(logsumexp_q, q_data), bound_rate
