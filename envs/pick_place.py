@@ -153,6 +153,7 @@ class PickPlaceEnv(gym.Env):
 
     def _camera_image(self, camera: str, size: int) -> np.ndarray:
         """(size, size, 3) uint8 frame from ``camera``, flipped from OpenGL's bottom-up rows to right side up."""
+        self.task.sim._render_context_offscreen.gl_ctx.make_current()  # several envs may share a process
         frame = self.task.sim.render(width=size, height=size, camera_name=camera)
         return np.ascontiguousarray(frame[::-1])
 
