@@ -17,8 +17,9 @@ from omegaconf import OmegaConf
 
 from calql_robot.datasets.converters.minari import convert
 from calql_robot.datasets.format import ZarrDataset
+from calql_robot.envs.adroit import make_adroit_env
 from calql_robot.envs.antmaze import make_antmaze_env
-from calql_robot.envs.kitchen import OBS_ELEMENT_GOALS, OBS_ELEMENT_INDICES, TASK_SETS
+from calql_robot.envs.kitchen import OBS_ELEMENT_GOALS, OBS_ELEMENT_INDICES, TASK_SETS, make_kitchen_env
 from calql_robot.errors import UserError
 
 gym.register_envs(gymnasium_robotics)
@@ -206,6 +207,14 @@ def test_kitchen_reward_is_completed_count_and_terminal_when_all_done(minari_roo
     assert placed["terminal"].tolist() == [False] * 6 + [True]
     np.testing.assert_allclose(placed["action"], episodes[1].actions[:7].astype(np.float32))
     np.testing.assert_allclose(placed["obs"]["state"], episodes[1].observations["observation"][:8].astype(np.float32))
+    env = make_kitchen_env("complete")
+    try:  # the converted rows have the task env's layout: its state is the raw observation entry too
+        obs, _ = env.reset(seed=0)
+        raw = env.inner._get_obs(env.inner.robot_env._get_obs())
+        assert store.obs_spec["state"]["shape"] == list(obs["state"].shape) == [raw["observation"].shape[0]]
+        np.testing.assert_allclose(obs["state"], raw["observation"].astype(np.float32), atol=1e-2)  # obs noise
+    finally:
+        env.close()
 
 
 def test_adroit_binary_rule_drops_failures_and_cuts_after_last_success(minari_root, tmp_path):
@@ -222,6 +231,13 @@ def test_adroit_binary_rule_drops_failures_and_cuts_after_last_success(minari_ro
     assert got["truncated"].tolist() == [False] * last + [True] and not got["terminal"].any()
     np.testing.assert_allclose(got["obs"]["state"], episodes[1].observations[: last + 2].astype(np.float32))
     assert store.attrs["reward"] == {"success": 0.0, "failure": -1.0}
+    env = make_adroit_env("door")
+    try:
+        obs, _ = env.reset(seed=0)
+        np.testing.assert_allclose(obs["state"], env.inner._get_obs().astype(np.float32))
+        assert store.obs_spec["state"]["shape"] == list(obs["state"].shape)
+    finally:
+        env.close()
 
 
 def test_local_folder_input_and_overwrite(minari_root, tmp_path):
