@@ -11,6 +11,7 @@ Every task env built here presents the project's contract (docs/DESIGN.md):
 
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -27,12 +28,15 @@ STATE_KEY = "state"
 def make_inner_env(env_id: str, render: bool, render_size: int = 256, **kwargs: Any) -> gym.Env:
     """``gym.make`` a gymnasium-robotics env without its TimeLimit / checker wrappers (the task keeps the horizon).
 
-    With ``render`` the env renders ``(render_size, render_size, 3)`` uint8 frames (``rgb_array``).
+    With ``render`` the env renders ``(render_size, render_size, 3)`` uint8 frames (``rgb_array``), headless through
+    EGL unless ``MUJOCO_GL`` says otherwise.
     """
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
     if render:
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
         kwargs.update(render_mode="rgb_array", width=int(render_size), height=int(render_size))
     env = gym.make(env_id, disable_env_checker=True, **kwargs)
     return env.unwrapped
