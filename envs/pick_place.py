@@ -36,6 +36,7 @@ from robosuite.controllers.composite.composite_controller_factory import (  # no
 )
 
 from calql_robot.envs.pick_place_scene import CAMERA_NAME, BinPickPlaceTask, SceneLayout  # noqa: E402
+from calql_robot.errors import UserError  # noqa: E402
 
 DEFAULT_HORIZON = 80
 DEFAULT_CONTROL_FREQ = 10.0
@@ -74,6 +75,28 @@ def _use_low_poly_robot(model: mujoco.MjModel) -> None:
             model.geom_matid[geom] = -1
 
 
+def _check_options(image_size: int, horizon: int, control_freq: float, robot: str, controller: str,
+                   render_mode: str | None, render_size: int) -> None:
+    """Raise UserError naming the pick_place env option (task.env.<key>) that is out of range."""
+    from robosuite import ALL_ROBOTS
+    from robosuite.controllers import ALL_PART_CONTROLLERS
+
+    where = "pick_place env (task.env)"
+    if int(image_size) < 8 or int(render_size) < 8:
+        raise UserError(f"{where}: image_size and render_size must be at least 8 pixels, got {image_size}, "
+                        f"{render_size}")
+    if int(horizon) < 1 or float(control_freq) <= 0:
+        raise UserError(f"{where}: horizon must be a positive step count and control_freq a positive rate in Hz, "
+                        f"got {horizon}, {control_freq}")
+    if robot not in ALL_ROBOTS:
+        raise UserError(f"{where}: robot {robot!r} is not a robosuite robot; expected one of {sorted(ALL_ROBOTS)}")
+    if controller not in ALL_PART_CONTROLLERS:
+        raise UserError(f"{where}: controller {controller!r} is not a robosuite arm controller; expected one of "
+                        f"{sorted(ALL_PART_CONTROLLERS)}")
+    if render_mode not in (None, "rgb_array"):
+        raise UserError(f"{where}: render_mode must be None or 'rgb_array', got {render_mode!r}")
+
+
 class PickPlaceEnv(gym.Env):
     """Gymnasium wrapper around :class:`BinPickPlaceTask` with camera observations rendered on demand.
 
@@ -97,12 +120,7 @@ class PickPlaceEnv(gym.Env):
         fast_rendering: bool = True,
         seed: int | None = None,
     ) -> None:
-        if int(image_size) < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
-        if int(horizon) < 1:
-            raise ValueError(f"horizon must be a positive number of steps, got {horizon}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        _check_options(image_size, horizon, control_freq, robot, controller, render_mode, render_size)
         self.image_size = int(image_size)
         self.wrist_camera = bool(wrist_camera)
         self.horizon = int(horizon)
@@ -122,7 +140,8 @@ class PickPlaceEnv(gym.Env):
         spaces: dict[str, gym.Space] = {IMAGE_KEY: image_space}
         if self.wrist_camera:
             spaces[WRIST_KEY] = image_space
-        spaces[STATE_KEY] = gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)
+        state_dim = len(self.robot_state())  # 5 for the Panda: 3 eef + 2 finger joints (3 + N for N gripper joints)
+        spaces[STATE_KEY] = gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
         low, high = self.task.action_spec
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(low),), np.float32)
@@ -165,7 +184,10 @@ class PickPlaceEnv(gym.Env):
 
     # ---- observations -------------------------------------------------------------------------------------
     def robot_state(self) -> np.ndarray:
-        """(5,) float32: end-effector position (3, metres, world frame) + gripper finger joint positions (2)."""
+        """(5,) float32: end-effector position (3, metres, world frame) + gripper finger joint positions (2).
+
+        Grippers with N joints (not the Panda's 2) give (3 + N,).
+        """
         data = self.task.sim.data
         eef = data.site_xpos[self._robot.eef_site_id[self._arm]]
         fingers = data.qpos[self._robot._ref_gripper_joint_pos_indexes[self._arm]]

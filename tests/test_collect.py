@@ -53,6 +53,9 @@ def test_collect_rejects_bad_episode_count(tmp_path: Path) -> None:
     result = _collect("task=pick_place", "episodes=0", f"output={tmp_path / 'x.zarr'}")
     assert result.returncode == 2 and "episodes" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.zarr").exists()
+    result = _collect("task=pick_place", "episodes=1", f"output={tmp_path / 'y.zarr'}", "task.env.image_size=4")
+    assert result.returncode == 2 and "image_size" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "a failed collect leaves nothing behind"
 
 
 def test_generate_dataset_rejects_bad_modes_without_output(tmp_path: Path) -> None:

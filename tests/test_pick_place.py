@@ -142,3 +142,26 @@ def test_scripted_modes(env32: PickPlaceEnv) -> None:
         episode = run_episode(env32, mode, seed)
         assert not episode["success"] and episode["rewards"].sum() == 0 and not episode["terminals"].any()
         assert env32.task.cube_pos[2] < TABLE_TOP_Z + 0.03, f"{mode}: the cube should end on the table"
+
+
+def test_passes_gymnasium_env_checker(env32: PickPlaceEnv) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(env32, skip_render_check=True)  # seeding determinism, space containment, step/reset signatures
+
+
+def test_task_config_wires_env_and_generator() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_method
+
+    from calql_robot.app import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="collect", overrides=["task=pick_place", "task.env.image_size=48"])
+    task = cfg.task
+    assert task.name == "pick_place" and task.env.horizon == task.horizon == 80
+    assert task.generate.image_size == 48 and task.generate.horizon == 80  # the data follows the env options
+    assert task.reward_success == 1.0 and task.reward_failure == 0.0 and task.sparse_reward
+    assert get_method(task.env._target_) is make_pick_place_env
+    assert callable(get_method(task.generate._target_))
+    assert task.dataset.episodes == task.generate.episodes
