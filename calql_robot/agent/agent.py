@@ -100,6 +100,7 @@ class CalQLAgent:
         q_data = q_all[:, 0]  # (C, B)
         td_loss = losses.td_loss(q_data, td_target)
         zero = torch.zeros((), device=self.device)
+        alpha_prime = losses.lagrange_multiplier(self.log_alpha_prime).detach()  # the value used in this update
         cql_loss, lagrange_loss, cql_gap, bound_rate, cql_weight = zero, zero, zero, zero, zero
         if cfg.uses_cql:
             cql_gap_per_critic, bound_rate = losses.cql_penalty(
@@ -108,7 +109,7 @@ class CalQLAgent:
             )  # fmt: skip  (C,), scalar
             cql_gap = cql_gap_per_critic.detach().mean()
             if cfg.cql_lagrange:
-                cql_weight = losses.lagrange_multiplier(self.log_alpha_prime).detach() * cfg.lagrange_weight
+                cql_weight = alpha_prime * cfg.lagrange_weight
                 cql_loss = (cql_weight * (cql_gap_per_critic - cfg.cql_target_action_gap)).sum()
                 lagrange_loss = losses.lagrange_loss(
                     self.log_alpha_prime, cql_gap_per_critic, cfg.cql_target_action_gap, cfg.lagrange_weight
@@ -132,7 +133,7 @@ class CalQLAgent:
         metrics = {
             "critic_loss": critic_loss, "td_loss": td_loss, "cql_loss": cql_loss, "actor_loss": actor_loss,
             "alpha_loss": alpha_loss, "lagrange_loss": lagrange_loss, "alpha": alpha,
-            "cql_alpha": cql_weight, "cql_alpha_prime": losses.lagrange_multiplier(self.log_alpha_prime),
+            "cql_alpha": cql_weight, "cql_alpha_prime": alpha_prime,
             "cql_penalty": cql_gap, "bound_rate": bound_rate, "q_data_mean": q_data.mean(),
             "q_policy_mean": q_new.mean(), "mc_return_mean": mc_return.float().mean(),
             "td_target_mean": td_target.mean(), "entropy": -new_log_prob.mean(),
