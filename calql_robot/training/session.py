@@ -46,11 +46,13 @@ def ensure_dataset(cfg: DictConfig) -> Path:
         return path
     if cfg.get("dataset"):
         raise UserError(f"dataset '{path}' does not exist; expected a zarr store written by collect or convert")
-    if "generate" not in cfg.task:
-        minari_id = OmegaConf.select(cfg, "task.dataset.minari_id")
+    minari_id = OmegaConf.select(cfg, "task.dataset.minari_id")
+    if minari_id or "generate" not in cfg.task:
         hint = (f" Convert it first: python -m calql_robot.convert source=minari input={minari_id} output={path} "
-                "download=true" if minari_id else "")
-        raise UserError(f"the default dataset of task '{cfg.task.name}' is missing at '{path}'.{hint}")
+                "download=true." if minari_id else "")
+        demo = (f" For a small local demo dataset (not benchmark data): python -m calql_robot.collect "
+                f"task={cfg.task.name} output={path}." if "generate" in cfg.task else "")
+        raise UserError(f"the default dataset of task '{cfg.task.name}' is missing at '{path}'.{hint}{demo}")
     episodes = OmegaConf.select(cfg, "task.dataset.episodes")
     print(f"dataset {path} not found: creating the default dataset of task '{cfg.task.name}'"
           f"{f' ({episodes} episodes)' if episodes else ''}; later runs reuse it")
