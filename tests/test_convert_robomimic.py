@@ -1,0 +1,135 @@
+"""source=robomimic: robomimic HDF5 with stored obs, and a robosuite demo (states + actions) replayed in robosuite."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from calql_robot.convert import load_config, run_conversion
+from calql_robot.datasets.format import ZarrDataset
+from calql_robot.errors import UserError
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+CAM_SIZE = 32
+STEPS = [6, 4]
+
+
+def convert(src: Path, out: Path, *extra: str) -> dict:
+    return run_conversion(load_config(["source=robomimic", f"input={src}", f"output={out}", *extra]))
+
+
+@pytest.fixture(scope="module")
+def robosuite_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """Record random-action rollouts in Lift the way robosuite's demo collection stores them, with the direct
+    rollout's observations kept as ground truth."""
+    import robosuite
+    from robosuite.controllers import load_composite_controller_config
+
+    controller = load_composite_controller_config(controller="BASIC", robot="Panda")
+    env_info = {"env_name": "Lift", "robots": "Panda", "controller_configs": controller}
+    env = robosuite.make(**env_info, has_renderer=False, has_offscreen_renderer=True, use_camera_obs=True,
+                         camera_names=["agentview"], camera_heights=CAM_SIZE, camera_widths=CAM_SIZE,
+                         ignore_done=True, control_freq=20)
+    rng = np.random.default_rng(0)
+    truth = []
+    path = tmp_path_factory.mktemp("rs") / "demo.hdf5"
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env"] = "Lift"
+        data.attrs["env_info"] = json.dumps(env_info)
+        for i, n_steps in enumerate(STEPS):
+            env.reset()
+            obs = env._get_observations(force_update=True)  # observables at exactly the recorded state
+            xml = env.sim.model.get_xml()
+            states, actions, seen = [], [], [obs]
+            for _ in range(n_steps):
+                states.append(env.sim.get_state().flatten())
+                action = rng.uniform(-1, 1, size=env.action_dim)
+                actions.append(action)
+                env.step(action)
+                env.sim.forward()  # kinematics of the state reached (mj_step leaves them one substep behind)
+                seen.append(env._get_observations(force_update=True))
+            demo = data.create_group(f"demo_{i + 1}")
+            demo.attrs["model_file"] = xml
+            demo.create_dataset("states", data=np.array(states))
+            demo.create_dataset("actions", data=np.array(actions))
+            truth.append({"actions": np.array(actions, dtype=np.float32),
+                          "eef_pos": np.stack([o["robot0_eef_pos"] for o in seen]),
+                          "object": np.stack([o["object-state"] for o in seen]),
+                          "image": np.stack([o["agentview_image"][::-1] for o in seen])})
+    env.close()
+    return path, truth
+
+
+def test_replayed_robosuite_demo_matches_direct_rollout(robosuite_demo, tmp_path):
+    path, truth = robosuite_demo
+    summary = convert(path, tmp_path / "o.zarr", f"image_size={CAM_SIZE}", "reward.unknown_outcome=failure")
+    assert summary["episodes"] == 2 and summary["transitions"] == sum(STEPS)
+    ds = ZarrDataset(tmp_path / "o.zarr")
+    assert ds.attrs["task"] == "Lift" and ds.attrs["control_freq"] == 20.0
+    assert ds.obs_spec["agentview_image"] == {"shape": [CAM_SIZE, CAM_SIZE, 3], "dtype": "uint8", "kind": "rgb"}
+    for i, gt in enumerate(truth):
+        ep = ds.episode(i)
+        np.testing.assert_allclose(ep["action"], gt["actions"], atol=1e-6)
+        # observations rendered from the recorded states equal the rollout's (the last one re-simulated by a step)
+        np.testing.assert_allclose(ep["obs"]["robot0_eef_pos"], gt["eef_pos"], atol=1e-5)
+        np.testing.assert_allclose(ep["obs"]["object"], gt["object"], atol=1e-5)
+        diff = np.abs(ep["obs"]["agentview_image"].astype(int) - gt["image"].astype(int))
+        assert diff.mean() < 1.0, diff.mean()
+        # right side up: the flipped-back frame would differ from the rollout frame
+        upside = np.abs(ep["obs"]["agentview_image"][0][::-1].astype(int) - gt["image"][0].astype(int)).mean()
+        assert upside > 5.0
+        # a random-action Lift rollout does not lift the cube: replay's success check says failure
+        assert ep["reward"].tolist() == [0.0] * STEPS[i] and bool(ep["truncated"][-1])
+
+
+def test_robomimic_hdf5_with_obs(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "low_dim.hdf5"
+    truth = {}
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "PickPlaceCan", "type": 1,
+                                             "env_kwargs": {"control_freq": 20}})
+        for i, n in enumerate([3, 5, 4]):
+            demo = data.create_group(f"demo_{i * 5}")  # demo_0, demo_5, demo_10: numeric order
+            pos = rng.normal(size=(n + 1, 3)).astype(np.float32)
+            img = rng.integers(0, 255, size=(n + 1, 10, 10, 3), dtype=np.uint8)
+            for group, rows in (("obs", slice(0, n)), ("next_obs", slice(1, n + 1))):
+                demo.create_dataset(f"{group}/robot0_eef_pos", data=pos[rows])
+                demo.create_dataset(f"{group}/agentview_image", data=img[rows])
+            actions = rng.uniform(-1, 1, size=(n, 7))
+            demo.create_dataset("actions", data=actions)
+            rewards = np.zeros(n)
+            rewards[-1] = float(i != 1)
+            demo.create_dataset("rewards", data=rewards)
+            demo.create_dataset("dones", data=rewards.astype(np.int64))
+            truth[i] = (pos, img, actions, bool(i != 1))
+        f.create_dataset("mask/train", data=np.array([b"demo_0", b"demo_10"]))
+    summary = convert(path, tmp_path / "o.zarr", "keys.cameras={agentview:front_rgb}")
+    assert summary["successes"] == 2 and summary["episodes"] == 3
+    ds = ZarrDataset(tmp_path / "o.zarr")
+    assert sorted(ds.obs_spec) == ["front_rgb", "robot0_eef_pos"] and ds.attrs["task"] == "PickPlaceCan"
+    for i in range(3):
+        pos, img, actions, success = truth[i]
+        ep = ds.episode(i)
+        np.testing.assert_array_equal(ep["obs"]["robot0_eef_pos"], pos)
+        np.testing.assert_array_equal(ep["obs"]["front_rgb"], img)
+        np.testing.assert_allclose(ep["action"], actions, atol=1e-6)
+        assert ep["reward"][-1] == float(success) and bool(ep["terminal"][-1]) == success
+    summary = convert(path, tmp_path / "f.zarr", "robomimic.filter_key=train", "reward.rule=column",
+                      "image_size=[6,8]")
+    ds = ZarrDataset(tmp_path / "f.zarr")
+    assert summary["episodes"] == 2 and ds.obs_spec["agentview_image"]["shape"] == [6, 8, 3]
+    np.testing.assert_array_equal(ds.episode(1)["reward"], [0, 0, 0, 1])
+    with h5py.File(path, "a") as f:
+        f["data/demo_5/next_obs/robot0_eef_pos"][1, 0] = np.nan
+    with pytest.raises(UserError, match=r"episode demo_5, field next_obs/robot0_eef_pos: step 1 disagrees"):
+        convert(path, tmp_path / "bad.zarr")
+    summary = convert(path, tmp_path / "skip.zarr", "skip_bad=true")
+    assert [d["episode"] for d in summary["dropped"]] == ["demo_5"] and summary["episodes"] == 2
