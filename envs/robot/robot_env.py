@@ -117,11 +117,11 @@ class RobotEnv(gym.Env):
         if not self.robot.is_connected:
             self.robot.connect()
         self.robot.stop()
+        self.robot.home()  # raises (e.g. e-stop latched) before any episode counter moves
         self.episode += 1
         self.step_count = 0
         self._overruns = 0
         self.robot.drain_safety_events()
-        self.robot.home()
         reset_done = not self.wait_for_reset_done
         start = time.monotonic()
         while True:
