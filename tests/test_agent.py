@@ -20,6 +20,15 @@ ACTION_DIM = 2
 SMALL = {"actor_hidden": [32, 32], "critic_hidden": [32, 32], "cql_n_actions": 4}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny networks: one intra-op thread is faster and immune to other processes on the shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def agent_cfg(variant: str, **overrides):
     """The real configs/agent/<variant>.yaml (composed by hydra) with small networks and ``overrides``."""
     with initialize_config_dir(config_dir=str(AGENT_CONFIGS), version_base="1.3"):

@@ -14,6 +14,16 @@ from calql_robot.agent.actor import TanhGaussianActor, tanh_gaussian_log_prob
 from calql_robot.agent.critic import QEnsemble
 from calql_robot.agent.networks import MLP
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny networks: one intra-op thread is faster and immune to other processes on the shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # next_q[c, i, b]: critic c, sample i, state b.  min over critics: sample 0 -> [1, 4], sample 1 -> [0, 6]
 NEXT_Q = torch.tensor([[[1.0, 5.0], [3.0, 7.0]], [[2.0, 4.0], [0.0, 6.0]]])
 NEXT_LOG_PROB = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
