@@ -101,9 +101,10 @@ def write_episodes(
                     low, high = action_bounds(cfg, ep.actions.shape[1], source_bounds)
                 _check_bounds(ep, low, high)
             except UserError as err:
+                reason = str(err) if str(err).startswith("episode ") else f"episode {name}: {err}"
                 if not cfg.skip_bad:
-                    raise UserError(f"{err} (input {cfg.input}; pass skip_bad=true to skip bad episodes)") from None
-                dropped.append({"episode": name, "reason": str(err)})
+                    raise UserError(f"{reason} (input {cfg.input}; pass skip_bad=true to skip bad episodes)") from None
+                dropped.append({"episode": name, "reason": reason})
                 tqdm.write(f"skipped episode {name}: {err}")
                 continue
             if writer is None:
