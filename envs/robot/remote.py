@@ -294,8 +294,9 @@ class RemoteRobotClient(RobotInterface):
         return self._sock is not None
 
     def _specs_known(self) -> None:
+        """The specs come from the handshake: reading one before ``connect()`` connects."""
         if self._obs_spec is None or self._action_spec is None:
-            raise RemoteRobotError(f"remote robot at {self.address}: connect() first to learn its specs")
+            self.connect()
 
     @property
     def observation_spec(self) -> dict[str, dict[str, Any]]:
