@@ -199,3 +199,13 @@ def test_control_rate_holds_period_and_reports_overruns() -> None:
         overruns.append(late.sleep())
     assert late.overruns == 5 and all(o > 0.01 for o in overruns)
     assert late.max_overrun_s == pytest.approx(max(overruns))
+
+
+def test_robot_server_refuses_lab_template_without_traceback() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "calql_robot.robot_server", "robot=lab_template", "port=5999"],
+                          cwd=CONFIGS.parent.parent, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "robot.safety.workspace" in done.stderr and "Traceback" not in done.stderr
