@@ -35,6 +35,7 @@ def run_conversion(cfg: DictConfig) -> dict:
     summary = module.convert(cfg)
     if not isinstance(summary, dict):
         raise RuntimeError(f"converter {source} returned {type(summary).__name__}, expected a summary dict")
+    summary.setdefault("output", str(cfg.output))
     return summary
 
 

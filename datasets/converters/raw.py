@@ -198,14 +198,17 @@ def convert(cfg: DictConfig) -> dict:
     """Convert a raw log folder into ``cfg.output``; returns the summary dict."""
     reader = RawEpisodeReader(cfg)
     folders = {p.name: p for p in episode_folders(reader.root)}
-    control_freq = None
-    if folders and cfg.get("control_freq") is None:
-        first = next(iter(folders.values()))
-        ref = reader.reference_times(first, reader.tables(first))
+    control_freq, task = None, cfg.task
+    for folder in folders.values():  # the first readable episode states the rate and the task
+        try:
+            ref = reader.reference_times(folder, reader.tables(folder))
+            outcome = read_outcome(folder)
+        except UserError:
+            continue
         control_freq = 1.0 / float(np.median(np.diff(ref))) if ref.shape[0] > 1 else None
-    task = cfg.task
-    if task is None and folders:
-        task = read_outcome(next(iter(folders.values()))).get("task") or reader.root.name
+        task = task or outcome.get("task")
+        break
+    task = task or reader.root.name
     source = {"kind": "raw", "input": str(reader.root),
               "align": {"method": reader.method, "reference": str(cfg.align.reference),
                         "tolerance_s": None if reader.tolerance is None else float(reader.tolerance),

@@ -84,8 +84,6 @@ def write_episodes(
     if not names:
         raise UserError(f"input {cfg.input}: no episodes found")
     freq = cfg.get("control_freq") if cfg.get("control_freq") is not None else control_freq
-    if freq is None:
-        raise UserError(f"input {cfg.input}: the source does not state its control frequency; pass control_freq=HZ")
     dropped: list[dict[str, str]] = []
     written: list[tuple[str, dict[str, str]]] = []
     successes = 0
@@ -108,6 +106,9 @@ def write_episodes(
                 tqdm.write(f"skipped episode {name}: {err}")
                 continue
             if writer is None:
+                if freq is None:
+                    raise UserError(f"input {cfg.input}: the source does not state its control frequency; pass "
+                                    "control_freq=HZ")
                 writer = DatasetWriter.create(
                     staging, spec, low, high, task=task, control_freq=float(freq),
                     reward_success=float(cfg.reward.success_value), reward_failure=float(cfg.reward.failure_value),
