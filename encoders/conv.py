@@ -32,7 +32,10 @@ class ChannelsLastConv2d(nn.Conv2d):
 
 
 class ConvTrunk(nn.Module):
-    """(B, C, H, W) float -> (B, channels * h * w) flattened feature map."""
+    """(B, C, H, W) float -> (B, h * w * channels): the feature map flattened in (h, w, c) order.
+
+    (h, w, c) order is a free view of the channels-last output; NCHW order would cost a copy of the whole map.
+    """
 
     def __init__(self, in_channels: int, height: int, width: int, channels: int = 32, layers: int = 4):
         super().__init__()
@@ -50,4 +53,4 @@ class ConvTrunk(nn.Module):
         self.out_dim = channels * out_h * out_w
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images).flatten(1)
+        return self.net(images).permute(0, 2, 3, 1).flatten(1)
