@@ -178,8 +178,12 @@ class Watchdog(RobotWrapper):
             self._thread.start()
 
     def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
+        # Lock order everywhere: _io (robot calls) before _cond (deadline). The deadline is re-checked under both
+        # locks, so a command that lands while this thread waits for _io is never stopped by a stale deadline.
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
                 if self._deadline is None:
                     self._cond.wait()
                     continue
@@ -187,16 +191,21 @@ class Watchdog(RobotWrapper):
                 if remaining > 0:
                     self._cond.wait(remaining)
                     continue
-                silence = time.monotonic() - self._last_command
-                self._deadline = None
-                with self._io:
-                    self.robot.stop()
-                self.trips += 1
-                self.last_trip_silence_s = silence
-                self.record("watchdog", f"no command for {silence * 1000:.0f} ms (timeout "
-                            f"{self.timeout_s * 1000:.0f} ms); robot stopped")
+                expired = self._deadline
+            with self._io:
+                with self._cond:
+                    if self._closed or self._deadline != expired:
+                        continue  # re-armed by a fresh command, disarmed, or closing
+                    self._deadline = None
+                    silence = time.monotonic() - self._last_command
+                self.robot.stop()
+            self.trips += 1
+            self.last_trip_silence_s = silence
+            self.record("watchdog", f"no command for {silence * 1000:.0f} ms (timeout "
+                        f"{self.timeout_s * 1000:.0f} ms); robot stopped")
 
     def _arm(self, armed: bool) -> None:
+        """Caller holds ``_io``."""
         with self._cond:
             now = time.monotonic()
             self._last_command = now
@@ -207,17 +216,17 @@ class Watchdog(RobotWrapper):
         self._ensure_thread()
         with self._io:
             sent = self.robot.send_action(action)
-        self._arm(True)
+            self._arm(True)
         return sent
 
     def stop(self) -> None:
-        self._arm(False)
         with self._io:
+            self._arm(False)
             self.robot.stop()
 
     def home(self) -> dict[str, np.ndarray]:
-        self._arm(False)
         with self._io:
+            self._arm(False)
             return self.robot.home()
 
     def get_observation(self) -> dict[str, np.ndarray]:
