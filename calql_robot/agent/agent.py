@@ -62,6 +62,12 @@ class CalQLAgent:
         action, reward = batch["action"], batch["reward"]
         terminal, mc_return = batch["terminal"].float(), batch["mc_return"]
         sample = TanhGaussianActor.sample
+        batch_size = action.shape[0]
+        if action.shape != (batch_size, self.action_dim) or reward.shape != (batch_size,):
+            raise ValueError(
+                f"batch action {tuple(action.shape)} / reward {tuple(reward.shape)}: expected "
+                f"({batch_size}, {self.action_dim}) / ({batch_size},) as in docs/DESIGN.md"
+            )
 
         # Features: the critic's encoder runs once per observation batch (augmentation on while training).
         obs_features = self.encoder(batch["obs"], augment=True)  # (B, F), trained by the critic loss
