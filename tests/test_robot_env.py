@@ -115,7 +115,8 @@ def test_abort_and_estop_truncate_and_refuse_motion() -> None:
     with pytest.raises(UserError, match="e-stop is latched"):
         env.reset()
     env._handle([human.HumanEvent(human.CLEAR_ESTOP, "test")])
-    env.reset()
+    _, reset_info = env.reset()
+    assert "estop_cleared" in [e["kind"] for e in reset_info["safety_events"]]
     _, _, _, truncated, info = env.step(np.array([1.0, 0, 0, 0], np.float32))
     assert truncated and info["aborted"] and env.aborted and np.all(robot.velocity == 0)
     env.close()

@@ -12,6 +12,7 @@ A success label, a failure label or (with ``terminate_on_success``) the robot's 
 horizon, an abort, a latched e-stop, or (with reward_source="env", where labels do not count) a label set
 ``truncated``. ``info`` holds ``success``, ``failure``, ``label``, ``safety_events`` (list of dicts),
 ``overrun_s`` (this step), ``overruns`` (episode total), ``action_sent``, ``aborted``, ``estop``, ``paused_s``.
+``reset`` returns info with ``aborted``, ``episode`` and the ``safety_events`` recorded between episodes.
 ``env.aborted`` stays true after an abort so a loop can stop.
 """
 
@@ -121,7 +122,7 @@ class RobotEnv(gym.Env):
         self.episode += 1
         self.step_count = 0
         self._overruns = 0
-        self.robot.drain_safety_events()
+        between = sorted(self.robot.drain_safety_events(), key=lambda e: e.time)  # e.g. a watchdog trip while idle
         reset_done = not self.wait_for_reset_done
         start = time.monotonic()
         while True:
@@ -137,7 +138,8 @@ class RobotEnv(gym.Env):
             time.sleep(0.02)
         self.rate.reset()
         obs = self.robot.get_observation()
-        return obs, {"aborted": self.aborted, "episode": self.episode}
+        between += self.robot.drain_safety_events()
+        return obs, {"aborted": self.aborted, "episode": self.episode, "safety_events": [e.to_dict() for e in between]}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         estop = find_estop(self.robot)
