@@ -108,7 +108,8 @@ def test_chunking_and_compression_of_arrays(tmp_path: Path) -> None:
     group = zarr.open_group(str(path), mode="r")
     img = group["data/obs/cam_rgb"]
     assert img.chunks == (64, 8, 8, 3) and str(img.dtype) == "uint8"
-    assert type(img.compressors[0]).__name__ == "BloscCodec"
+    assert type(img.compressors[0]).__name__ == "ZstdCodec"
+    assert type(group["data/action"].compressors[0]).__name__ == "BloscCodec"
     assert group["data/obs/state"].chunks[1:] == (4,)
     assert str(group["data/terminal"].dtype) == "bool"
 
