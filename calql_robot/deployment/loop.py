@@ -48,6 +48,7 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise UserError("deploy needs checkpoint=PATH (a pretrain or finetune run directory) for its first run")
     tensors, state = load_checkpoint(own_ckpt or cfg.checkpoint)
     cfg = agent_cfg_for_finetune(cfg, state)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the agent actually used
     device = session.resolve_device(cfg.device)
     session.seed_everything(int(cfg.seed))
     env = _make_env(cfg)

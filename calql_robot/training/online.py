@@ -49,6 +49,7 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     own_ckpt = find_checkpoint(run_dir)
     pre_tensors, pre_state = load_checkpoint(own_ckpt or cfg.checkpoint)
     cfg = agent_cfg_for_finetune(cfg, pre_state)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the agent actually used
     device = session.resolve_device(cfg.device)
     session.seed_everything(int(cfg.seed))
     env = make_task_env(cfg.task, seed=int(cfg.seed))
