@@ -178,3 +178,15 @@ def test_sim_robot_env_episode_keeps_workspace() -> None:
     assert truncated and env.step_count == 12 and "workspace" in kinds
     assert info["action_sent"][2] > -1.0  # the downward command was shrunk at the table
     env.close()
+
+
+def test_make_robot_env_from_omegaconf_point_config() -> None:
+    cfg = OmegaConf.load(CONFIGS / "point.yaml")  # a DictConfig, as the deploy app passes it
+    cfg.safety.max_delta_per_step = [0.5, 0.5, 0.5, 1.0]
+    env = make_robot_env(cfg, horizon=3, events=human.ScriptedEvents(None))
+    assert env.rate.period_s == pytest.approx(1.0 / cfg.safety.control_hz)
+    obs, _ = env.reset()
+    assert set(obs) == {"robot_state", "agentview_rgb"} and env.observation_space.contains(obs)
+    _, _, _, _, info = env.step(np.ones(4, np.float32))
+    np.testing.assert_allclose(info["action_sent"], [0.5, 0.5, 0.5, 1.0])  # per-dimension rate limit from hold
+    env.close()
