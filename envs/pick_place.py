@@ -162,6 +162,7 @@ class PickPlaceEnv(gym.Env):
         if fast:
             model.light_castshadow[:] = 0
             model.vis.quality.offsamples = 0
+            model.vis.quality.shadowsize = 0  # no shadow map texture (4096^2 by default)
             for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                          mujoco.mjtRndFlag.mjRND_SKYBOX):
                 ctx.scn.flags[flag] = 0
