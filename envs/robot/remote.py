@@ -121,7 +121,10 @@ class RobotServer:
         events = self._pending_events + self.robot.drain_safety_events()
         self._pending_events = []
         reply_header.update(id=req_id, events=[e.to_dict() for e in events])
-        reply = wire.encode(reply_header, reply_arrays)
+        try:
+            reply = wire.encode(reply_header, reply_arrays)
+        except (TypeError, ValueError) as err:  # e.g. a NaN reward or a dtype the wire does not carry
+            reply = wire.encode({"ok": False, "code": "encode", "id": req_id, "error": f"reply not encodable: {err}"})
         self._cache = (session, req_id, reply)
         return reply
 
