@@ -123,7 +123,7 @@ class LazyArray:
                 raise IndexError(f"{self.name}: index {i} out of range for {self._n_rows} rows")
             return self._rows(np.array([i % self._n_rows], dtype=np.int64))[0]
         if isinstance(index, slice):
-            return self._rows(np.arange(self._n_rows, dtype=np.int64)[index])
+            return self._rows(np.arange(*index.indices(self._n_rows), dtype=np.int64))
         rows = np.asarray(index)
         if rows.dtype == np.bool_:
             if rows.shape != (self._n_rows,):

@@ -287,3 +287,15 @@ def test_obs_spec_from_space() -> None:
     assert spec["mask"]["kind"] == "low_dim"
     with pytest.raises(UserError, match="Box"):
         obs_spec_from_space(gym.spaces.Dict({"d": gym.spaces.Discrete(3)}))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_empty_store_reads_as_zero_episodes(tmp_path: Path, lazy: bool) -> None:
+    path = tmp_path / "d.zarr"
+    create_writer(path).close()
+    ds = ZarrDataset(path, lazy=lazy)
+    assert ds.n_episodes == 0 and ds.n_transitions == 0
+    assert ds.success_mask().shape == (0,) and ds.episode_returns().shape == (0,)
+    assert ds.arrays()["obs"]["cam_rgb"].shape == (0, 8, 8, 3) and len(ds.arrays()["action"]) == 0
+    with pytest.raises(IndexError):
+        ds.episode(0)
