@@ -70,6 +70,7 @@ class CalQLAgent:
             )
 
         # Features: the critic's encoder runs once per observation batch (augmentation on while training).
+        self.encoder.train()
         obs_features = self.encoder(batch["obs"], augment=True)  # (B, F), trained by the critic loss
         with torch.no_grad():
             next_features = self.encoder(batch["next_obs"], augment=True)  # (B, F)
@@ -150,6 +151,7 @@ class CalQLAgent:
     # ------------------------------------------------------------------ acting
     def act_batch(self, obs: Mapping[str, torch.Tensor], deterministic: bool) -> torch.Tensor:
         """Batched actions: obs {k: (B, ...)} tensors on the agent's device -> (B, A) in [-1, 1]."""
+        self.encoder.eval()
         with torch.no_grad():
             mean, log_std = self.actor(self.encoder(obs, augment=False))
             if deterministic:
