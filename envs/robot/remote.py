@@ -123,7 +123,7 @@ class RobotServer:
         reply_header.update(id=req_id, events=[e.to_dict() for e in events])
         try:
             reply = wire.encode(reply_header, reply_arrays)
-        except (TypeError, ValueError) as err:  # e.g. a NaN reward or a dtype the wire does not carry
+        except (TypeError, ValueError, wire.ProtocolError) as err:  # a NaN reward, a dtype the wire cannot carry
             reply = wire.encode({"ok": False, "code": "encode", "id": req_id, "error": f"reply not encodable: {err}"})
         self._cache = (session, req_id, reply)
         return reply
