@@ -211,3 +211,30 @@ def test_cuda_update_and_round_trip_to_cpu() -> None:
     fresh = build("calql", device="cuda", cql_lagrange=True, seed=9)
     fresh.load_state_dict_tensors(cpu_tensors)
     assert agent.update(make_batch(seed=3, device="cuda")) == fresh.update(make_batch(seed=3, device="cuda"))
+
+
+IMAGE_SPEC = {
+    "state": {"shape": [3], "dtype": "float32", "kind": "low_dim"},
+    "cam": {"shape": [32, 32, 3], "dtype": "uint8", "kind": "rgb"},
+}
+
+
+def test_image_observations_train_the_encoder_through_the_critic() -> None:
+    torch.manual_seed(0)
+    encoder = {"name": "conv", "feature_dim": 8, "conv_channels": 8, "conv_layers": 2}
+    agent = build_agent({**SMALL, "encoder": encoder}, IMAGE_SPEC, ACTION_DIM, "cpu")
+    gen = torch.Generator().manual_seed(0)
+
+    def obs() -> dict:
+        return {"state": torch.randn(8, 3, generator=gen),
+                "cam": torch.randint(0, 256, (8, 32, 32, 3), generator=gen, dtype=torch.uint8)}  # fmt: skip
+
+    batch = {"obs": obs(), "next_obs": obs(), "action": torch.rand(8, ACTION_DIM, generator=gen) * 2 - 1,
+             "reward": torch.randn(8, generator=gen), "terminal": torch.zeros(8), "mc_return": torch.zeros(8)}
+    before = {k: v.clone() for k, v in agent.encoder.state_dict().items()}
+    metrics = agent.update(batch)
+    assert np.isfinite(metrics["critic_loss"])
+    assert any(not torch.equal(before[k], v) for k, v in agent.encoder.state_dict().items())
+    assert any(k.startswith("encoder.") for k in agent.state_dict_tensors())
+    action = agent.act({"state": np.zeros(3, np.float32), "cam": np.zeros((32, 32, 3), np.uint8)}, deterministic=True)
+    assert action.shape == (ACTION_DIM,)
