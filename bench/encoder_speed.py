@@ -35,21 +35,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_per_call(fn: Callable[[], object], device: torch.device, min_time: float, min_calls: int = 3) -> float:
-    """Median seconds per call of ``fn`` after two warm-up calls, over >= ``min_calls`` calls and >= ``min_time`` s.
+def timed(fn: Callable[[], object], device: torch.device, min_time: float, min_calls: int = 3) -> tuple[float, float]:
+    """(median seconds per call, CPU share) of ``fn`` after two warm-up calls, >= ``min_calls`` calls, >= ``min_time``.
 
-    The median (not the mean) because the CPU is shared: other processes' bursts inflate single calls.
+    The median (not the mean) because the CPU is shared: other processes' bursts inflate single calls. CPU share =
+    this process's CPU time / (wall time * torch threads) over the timed calls: 1.0 means it had its cores to itself.
     """
     for _ in range(2):
         fn()
     sync(device)
     times: list[float] = []
+    cpu_start = time.process_time()
     while len(times) < min_calls or sum(times) < min_time:
         start = time.perf_counter()
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    share = (time.process_time() - cpu_start) / (sum(times) * torch.get_num_threads())
+    return statistics.median(times), share
+
+
+def time_per_call(fn: Callable[[], object], device: torch.device, min_time: float) -> float:
+    """Median seconds per call (see :func:`timed`)."""
+    return timed(fn, device, min_time)[0]
 
 
 def matmul_flops_per_s(device: torch.device, n: int, min_time: float) -> float:
@@ -86,10 +94,11 @@ def bench_encoder(name: str, size: int, batch: int, device: torch.device, min_ti
         enc.zero_grad(set_to_none=True)
         enc(obs, augment=True).sum().backward()
 
-    fwd_s = time_per_call(forward, device, min_time)
-    train_s = time_per_call(forward_backward, device, min_time)
+    fwd_s, fwd_share = timed(forward, device, min_time)
+    train_s, train_share = timed(forward_backward, device, min_time)
     params = sum(p.numel() for p in enc.parameters())
-    return {"flops": flops, "params": params, "fwd_ips": batch / fwd_s, "train_ips": batch / train_s}
+    return {"flops": flops, "params": params, "fwd_ips": batch / fwd_s, "train_ips": batch / train_s,
+            "share": min(1.0, (fwd_share + train_share) / 2)}
 
 
 def main() -> None:
@@ -117,17 +126,18 @@ def main() -> None:
     print(f"fp32 matmul {args.matmul_n}^2 (torch.matmul): {matmul / 1e9:.1f} GFLOP/s; same product as a 1x1 conv: "
           f"{conv_gemm / 1e9:.1f} GFLOP/s; '% ref' below is against the larger, {peak / 1e9:.1f} GFLOP/s")
     print(f"\nbatch {args.batch}; train = forward + backward with random shift; "
-          "achieved = FLOPs/img x img/s (train counted as 3x forward)\n")
+          "achieved = FLOPs/img x img/s (train counted as 3x forward);\nCPU share = CPU time / (wall x threads) "
+          "while timing (1.00 = cores to itself; below that other processes took turns)\n")
     print("| encoder | size | params | MFLOP/img | fwd img/s | fwd GFLOP/s | fwd % ref | train img/s "
-          "| train GFLOP/s | train % ref |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| train GFLOP/s | train % ref | CPU share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for enc_name in args.encoders:
         for size in args.sizes:
             r = bench_encoder(enc_name, size, args.batch, device, args.min_time)
             fwd_rate, train_rate = r["flops"] * r["fwd_ips"], 3 * r["flops"] * r["train_ips"]
             print(f"| {enc_name} | {size} | {r['params'] / 1e6:.2f} M | {r['flops'] / 1e6:.1f} | {r['fwd_ips']:.0f} "
                   f"| {fwd_rate / 1e9:.1f} | {100 * fwd_rate / peak:.0f}% | {r['train_ips']:.0f} "
-                  f"| {train_rate / 1e9:.1f} | {100 * train_rate / peak:.0f}% |", flush=True)
+                  f"| {train_rate / 1e9:.1f} | {100 * train_rate / peak:.0f}% | {r['share']:.2f} |", flush=True)
     load = os.getloadavg()
     print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (after)")
 
