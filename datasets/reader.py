@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from calql_robot.datasets.lazy import DEFAULT_CACHE_BYTES, ChunkCache, LazyArray
 from calql_robot.datasets.store_validation import (
     assert_finite,

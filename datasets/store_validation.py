@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-from calql_robot.datasets.spec import FORMAT_NAME, KIND_LOW_DIM, STEP_ARRAYS, SUPPORTED_VERSIONS, validate_obs_spec
 
+from calql_robot.datasets.spec import FORMAT_NAME, KIND_LOW_DIM, STEP_ARRAYS, SUPPORTED_VERSIONS, validate_obs_spec
 from calql_robot.errors import UserError
 
 

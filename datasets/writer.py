@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+
 from calql_robot.datasets.spec import (
     EPISODE_CHUNK_LEN,
     FORMAT_NAME,
@@ -32,7 +33,6 @@ from calql_robot.datasets.store_validation import (
     obs_array_name,
     open_store_layout,
 )
-
 from calql_robot.errors import UserError
 
 
@@ -110,6 +110,8 @@ class DatasetWriter:
             if not overwrite:
                 raise UserError(f"{where}: {path} already exists; pass overwrite=True to replace it")
             if path.is_dir() and not path.is_symlink():
+                if not (path / "zarr.json").is_file() and any(path.iterdir()):
+                    raise UserError(f"{where}: {path} is a non-empty directory but not a zarr store; not deleting it")
                 shutil.rmtree(path)
             else:
                 path.unlink()

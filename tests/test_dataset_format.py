@@ -153,6 +153,12 @@ def test_create_refuses_existing_path_unless_overwrite(tmp_path: Path) -> None:
     assert ZarrDataset(path).n_episodes == 1
     create_writer(path, overwrite=True).close()
     assert ZarrDataset(path).n_episodes == 0
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a zarr store"):
+        create_writer(precious, overwrite=True)
+    assert (precious / "notes.txt").read_text() == "keep me"
 
 
 def test_reopen_appends(tmp_path: Path) -> None:
