@@ -305,3 +305,18 @@ def test_empty_store_reads_as_zero_episodes(tmp_path: Path, lazy: bool) -> None:
     assert ds.arrays()["obs"]["cam_rgb"].shape == (0, 8, 8, 3) and len(ds.arrays()["action"]) == 0
     with pytest.raises(IndexError):
         ds.episode(0)
+
+
+def test_chunk_cache_evicts_least_recently_used() -> None:
+    from calql_robot.datasets.format import ChunkCache
+
+    chunk = np.zeros(100, dtype=np.uint8)
+    cache = ChunkCache(max_bytes=250)  # room for two chunks
+    cache.put(("a", 0), chunk)
+    cache.put(("a", 1), chunk)
+    assert cache.get(("a", 0)) is not None  # 0 is now more recent than 1
+    cache.put(("a", 2), chunk)
+    assert cache.get(("a", 1)) is None and cache.get(("a", 0)) is not None and cache.get(("a", 2)) is not None
+    assert cache.bytes_used == 200 and len(cache) == 2
+    cache.put(("b", 0), np.zeros(300, dtype=np.uint8))  # larger than the budget: not kept, nothing evicted
+    assert cache.get(("b", 0)) is None and len(cache) == 2
