@@ -52,6 +52,8 @@ class CalQLAgent:
             "cql_alpha_prime": torch.optim.Adam([self.log_alpha_prime], lr=cfg.critic_lr),
         }
         self.step = torch.zeros((), dtype=torch.int64)
+        self._zero = torch.zeros((), device=self.device)  # constants made once: no host-to-device copy per update
+        self._fixed_cql_alpha = torch.tensor(float(cfg.cql_alpha), device=self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))  # follows the global seed
 
@@ -106,7 +108,7 @@ class CalQLAgent:
         q_all = self.critic(obs_features, action_sets)
         q_data = q_all[:, 0]  # (C, B)
         td_loss = losses.td_loss(q_data, td_target)
-        zero = torch.zeros((), device=self.device)
+        zero = self._zero
         alpha_prime = losses.lagrange_multiplier(self.log_alpha_prime).detach()  # the value used in this update
         cql_loss, lagrange_loss, cql_gap, bound_rate, cql_weight = zero, zero, zero, zero, zero
         if cfg.uses_cql:
@@ -122,7 +124,7 @@ class CalQLAgent:
                     self.log_alpha_prime, cql_gap_per_critic, cfg.cql_target_action_gap, cfg.lagrange_weight
                 )
             else:
-                cql_weight = torch.tensor(cfg.cql_alpha, device=self.device)
+                cql_weight = self._fixed_cql_alpha
                 cql_loss = cfg.cql_alpha * cql_gap_per_critic.sum()
         critic_loss = td_loss + cql_loss
 
