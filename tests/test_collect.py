@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,14 @@ def test_collect_writes_a_valid_store(tmp_path: Path) -> None:
     assert (arrays["terminal"][ends] | arrays["truncated"][ends]).all()
     assert f"{int(ds.success_mask().sum())} successful" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pp.zarr"], "no staging leftovers"
+
+    # same seed and options in process -> the very same data (seeded episodes, deterministic physics and rendering)
+    direct = ZarrDataset(generate_dataset(tmp_path / "direct.zarr", episodes=3, seed=5, image_size=24,
+                                          show_progress=False)).arrays()
+    for key in ("action", "reward", "terminal", "truncated"):
+        np.testing.assert_array_equal(direct[key], arrays[key])
+    np.testing.assert_array_equal(direct["obs"]["agentview_rgb"], arrays["obs"]["agentview_rgb"])
+    shutil.rmtree(tmp_path / "direct.zarr")
 
     again = _collect("task=pick_place", "episodes=1", f"output={output}", "task.env.image_size=24")
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
