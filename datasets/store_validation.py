@@ -142,6 +142,11 @@ def open_store_layout(path: str | Path, mode: str = "r") -> StoreLayout:
     group = open_group_checked(path, mode)
     attrs = dict(group.attrs)
     obs_spec, low, high = _check_attrs(path, attrs)
+    # episode_ends first: a writer appending concurrently grows the data arrays before it commits, so arrays opened
+    # after this read always hold at least the rows committed here
+    ends_arr = _get_array(path, group, "meta/episode_ends")
+    _expect(path, "meta/episode_ends", ends_arr, "int64", ())
+    episode_ends = _committed_episode_ends(path, ends_arr)
     arrays: dict[str, zarr.Array] = {}
     for key, entry in obs_spec.items():
         for name in (obs_array_name(key), final_obs_array_name(key)):
@@ -151,9 +156,6 @@ def open_store_layout(path: str | Path, mode: str = "r") -> StoreLayout:
         name = f"data/{short}"
         arrays[name] = _get_array(path, group, name)
         _expect(path, name, arrays[name], dtype, (len(low),) if short == "action" else ())
-    ends_arr = _get_array(path, group, "meta/episode_ends")
-    _expect(path, "meta/episode_ends", ends_arr, "int64", ())
-    episode_ends = _committed_episode_ends(path, ends_arr)
     n_rows = int(episode_ends[-1]) if len(episode_ends) else 0
     for name, arr in arrays.items():
         needed = len(episode_ends) if name.startswith("data/final_obs/") else n_rows

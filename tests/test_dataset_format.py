@@ -320,3 +320,22 @@ def test_chunk_cache_evicts_least_recently_used() -> None:
     assert cache.bytes_used == 200 and len(cache) == 2
     cache.put(("b", 0), np.zeros(300, dtype=np.uint8))  # larger than the budget: not kept, nothing evicted
     assert cache.get(("b", 0)) is None and len(cache) == 2
+
+
+def test_reader_opens_while_a_writer_appends(tmp_path: Path) -> None:
+    path = tmp_path / "d.zarr"
+    create_writer(path).close()
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline(), "writer subprocess died early"
+        seen = []
+        for _ in range(15):
+            ds = ZarrDataset(path, lazy=len(seen) % 2 == 1)
+            last = ds.n_episodes - 1
+            ep = ds.episode(last)
+            assert (ep["reward"] == last).all() and (ep["obs"]["cam_rgb"] == last % 251).all()
+            seen.append(ds.n_episodes)
+        assert seen[-1] > seen[0]  # the store really grew while being read
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
