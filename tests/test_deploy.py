@@ -1,0 +1,95 @@
+"""The deploy loop on the simulated robot: episodes stored as they finish, learning beside acting, SIGKILL safety."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calql_robot.datasets.format import ZarrDataset
+
+IMAGE = ["task.env.image_size=32", "robot.driver.image_size=32"]
+SMALL_AGENT = ["agent.actor_hidden=[32,32]", "agent.critic_hidden=[32,32]", "agent.cql_n_actions=2"]
+
+
+def app_cmd(app: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"calql_robot.{app}", *args]
+
+
+def run(app: str, *args: str) -> str:
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.run(app_cmd(app, *args), capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"{app} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def stored_episodes(path: Path) -> int:
+    """Complete episodes in a store that another process may be writing (retry a torn read)."""
+    for _ in range(20):
+        try:
+            return ZarrDataset(path).n_episodes if path.exists() else 0
+        except Exception:  # noqa: BLE001 - a read racing the writer's commit; try again
+            time.sleep(0.1)
+    raise AssertionError(f"{path} could not be read")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("deploy")
+    data = root / "pp.zarr"
+    run("collect", "task=pick_place", "task.env.image_size=32", "task.horizon=20", "episodes=2", f"output={data}")
+    run_dir = root / "pre"
+    run("pretrain", "task=pick_place", "task.env.image_size=32", *SMALL_AGENT, f"dataset={data}",
+        "pretrain.steps=4", "pretrain.batch_size=16", "eval.every=0", "progress=false", "device=cpu",
+        f"run_dir={run_dir}")
+    return run_dir
+
+
+def deploy_args(checkpoint: Path, run_dir: Path, episodes: int) -> list[str]:
+    return ["robot=sim", "task=pick_place", *IMAGE, "task.horizon=12", f"checkpoint={checkpoint}",
+            f"deploy.episodes={episodes}", "deploy.batch_size=16", "deploy.save_every_episodes=2", "progress=false",
+            "device=cpu", f"run_dir={run_dir}"]
+
+
+def test_deploy_sim_stores_episodes_and_learns(checkpoint, tmp_path):
+    run_dir = tmp_path / "dep"
+    out = run("deploy", *deploy_args(checkpoint, run_dir, 3))
+    assert "episodes: 3" in out
+    online = ZarrDataset(run_dir / "online.zarr")
+    assert online.n_episodes == 3 and online.obs_spec["agentview_rgb"]["shape"] == [32, 32, 3]
+    assert np.abs(online.arrays()["action"]).max() <= 1.0  # what was sent, after the safety layers
+    with (run_dir / "episode.csv").open() as f:
+        episodes = list(csv.DictReader(f))
+    assert len(episodes) == 3
+    assert float(episodes[-1]["learner_updates"]) > 0  # the learner trained beside the actor
+
+
+def test_deploy_survives_sigkill(checkpoint, tmp_path):
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.Popen(app_cmd("deploy", *deploy_args(checkpoint, run_dir, 100)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    store = run_dir / "online.zarr"
+    deadline = time.monotonic() + 300
+    while stored_episodes(store) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.3)  # land somewhere inside the next episode
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = ZarrDataset(store)
+    n_before = before.n_episodes
+    assert n_before >= 3
+    kept = {k: np.asarray(v).copy() for k, v in before.arrays().items() if k != "obs" and k != "final_obs"}
+    out = run("deploy", *deploy_args(checkpoint, run_dir, n_before + 2))
+    assert "resuming deployment" in out
+    after = ZarrDataset(store)
+    assert after.n_episodes == n_before + 2  # nothing lost, counters continue
+    for key, values in kept.items():
+        np.testing.assert_array_equal(np.asarray(after.arrays()[key])[: len(values)], values)
