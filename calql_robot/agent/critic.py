@@ -71,7 +71,7 @@ class QEnsemble(nn.Module):
         w_in = weights[0]
         feature_part = torch.matmul(features, w_in[:, : self.feature_dim])  # (C, B, H)
         action_part = torch.matmul(actions.reshape(n_sets * batch, -1), w_in[:, self.feature_dim :])  # (C, K*B, H)
-        hidden = action_part.view(self.n_critics, n_sets, batch, -1) + (feature_part + biases[0]).unsqueeze(1)
+        hidden = action_part.view(self.n_critics, n_sets, batch, -1).add_((feature_part + biases[0]).unsqueeze(1))
         x = hidden.relu_().view(self.n_critics, n_sets * batch, -1)  # in place: no new 16 MB buffer per layer
         for w, b in zip(weights[1:-1], biases[1:-1]):
             x = torch.baddbmm(b, x, w).relu_()
