@@ -22,6 +22,17 @@ def _rate(count: int, seconds: float) -> float:
     return count / max(seconds, 1e-9)
 
 
+class _Clock:
+    """Wall-clock and process CPU time (all threads, llvmpipe's render threads included) since construction."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def rates(self, count: int) -> tuple[float, float]:
+        """(per wall second, per CPU second)."""
+        return _rate(count, time.perf_counter() - self.wall), _rate(count, time.process_time() - self.cpu)
+
+
 def bench(image_size: int, steps: int, resets: int, wrist: bool, fast_rendering: bool) -> dict[str, float]:
     """Return steps/s and resets/s with and without camera; random actions, auto-reset at episode end."""
     started = time.perf_counter()
@@ -32,28 +43,28 @@ def bench(image_size: int, steps: int, resets: int, wrist: bool, fast_rendering:
     result = {"build_s": build_s}
 
     env.reset(seed=0)
-    started = time.perf_counter()
+    clock = _Clock()
     for index in range(steps):
         _, _, terminated, truncated, _ = env.step(actions[index])
         if terminated or truncated:
             env.reset()
-    result["steps_per_s_camera"] = _rate(steps, time.perf_counter() - started)
+    result["steps_per_s_camera"], result["steps_per_cpu_s_camera"] = clock.rates(steps)
 
     env.reset(seed=0)
-    started = time.perf_counter()
+    clock = _Clock()
     for index in range(steps):
         env.task.step(actions[index].astype(np.float64))  # physics + controller, no frames
-    result["steps_per_s_no_camera"] = _rate(steps, time.perf_counter() - started)
+    result["steps_per_s_no_camera"], result["steps_per_cpu_s_no_camera"] = clock.rates(steps)
 
-    started = time.perf_counter()
+    clock = _Clock()
     for _ in range(resets):
         env.reset()
-    result["resets_per_s_camera"] = _rate(resets, time.perf_counter() - started)
+    result["resets_per_s_camera"], result["resets_per_cpu_s_camera"] = clock.rates(resets)
 
-    started = time.perf_counter()
+    clock = _Clock()
     for _ in range(resets):
         env.task.reset()
-    result["resets_per_s_no_camera"] = _rate(resets, time.perf_counter() - started)
+    result["resets_per_s_no_camera"], result["resets_per_cpu_s_no_camera"] = clock.rates(resets)
     env.close()
     return result
 
@@ -74,10 +85,11 @@ def main() -> None:
           f"fast rendering {not args.slow_rendering}, MUJOCO_GL={os.environ.get('MUJOCO_GL')}, "
           f"{os.cpu_count()} CPUs")
     print(f"  build:                 {result['build_s']:.2f} s")
-    print(f"  steps/s  with camera:  {result['steps_per_s_camera']:.1f}")
-    print(f"  steps/s  no camera:    {result['steps_per_s_no_camera']:.1f}")
-    print(f"  resets/s with camera:  {result['resets_per_s_camera']:.1f}")
-    print(f"  resets/s no camera:    {result['resets_per_s_no_camera']:.1f}")
+    print("                         per wall second   per CPU second")
+    for what in ("steps", "resets"):
+        for cam in ("camera", "no_camera"):
+            label = f"{what}/s {'with camera' if cam == 'camera' else 'no camera'}:"
+            print(f"  {label:<23}{result[f'{what}_per_s_{cam}']:>10.1f}{result[f'{what}_per_cpu_s_{cam}']:>17.1f}")
     print(f"  load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
           f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}")
 
