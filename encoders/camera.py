@@ -8,7 +8,6 @@ from torch import nn
 
 from calql_robot.encoders.config import EncoderConfig
 from calql_robot.encoders.conv import ConvTrunk
-from calql_robot.encoders.resnet import ResNet18Trunk
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +34,9 @@ class CameraEncoder(nn.Module):
         if trunk == "conv":
             self.trunk: nn.Module = ConvTrunk(channels, height, width, cfg.conv_channels, cfg.conv_layers)
             mean, std = [0.5] * channels, [1.0] * channels
-        else:
+        else:  # torchvision is imported only when a ResNet is asked for (it takes seconds to import)
+            from calql_robot.encoders.resnet import ResNet18Trunk
+
             self.trunk = ResNet18Trunk(cfg.resnet_norm, cfg.resnet_weights)
             mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         self.repeat_grey = trunk == "resnet18" and channels == 1
