@@ -238,3 +238,19 @@ def test_image_observations_train_the_encoder_through_the_critic() -> None:
     assert any(k.startswith("encoder.") for k in agent.state_dict_tensors())
     action = agent.act({"state": np.zeros(3, np.float32), "cam": np.zeros((32, 32, 3), np.uint8)}, deterministic=True)
     assert action.shape == (ACTION_DIM,)
+
+
+@pytest.mark.parametrize("variant, sets", [("calql", [1, 13]), ("sac", [1, 1])])
+def test_one_batched_critic_forward_per_state_set(variant: str, sets: list[int]) -> None:
+    """Critic passes per update: the actor's (1 action set) and one over every set at s; targets: one at s'."""
+    agent = build(variant)
+    calls: dict[str, list[tuple]] = {"critic": [], "critic_target": []}
+    for name in calls:
+        getattr(agent, name).register_forward_hook(
+            lambda module, args, out, name=name: calls[name].append((args[1].shape[0], tuple(out.shape)))
+        )
+    agent.update(make_batch(batch_size=16))
+    n = agent.cfg.cql_n_actions
+    assert [k for k, _ in calls["critic"]] == sets  # 1 + 3n = 13 sets for n = 4
+    assert calls["critic"][-1][1] == (2, sets[-1], 16)
+    assert [k for k, _ in calls["critic_target"]] == [n if variant == "calql" else 1]
