@@ -7,7 +7,8 @@ action noise. Each episode draws one *mode*:
 - ``full``: approach, descend, grasp, lift, carry over the bin, lower, release (succeeds most of the time).
 - ``grasp_only``: grasps and lifts, then hovers near the lift point with the cube held until the horizon.
 - ``drop``: grasps and carries, but opens the gripper part-way to the bin, so the cube lands on the table.
-- ``miss``: the grasp is aimed 3-5 cm off the cube, closes on nothing, then goes through the rest of the motion.
+- ``miss``: the grasp is aimed 3.5-5 cm off the cube (3.5 cm more along the fingers' closing axis), closes on
+  nothing, then goes through the rest of the motion.
 
 With the default mix (``DEFAULT_MODE_PROBS``) about 40% of the episodes succeed (measured numbers in
 docs/pick_place.md). :func:`generate_dataset` writes the episodes into the project's zarr format.
@@ -54,8 +55,10 @@ class ScriptedPickPlace:
             raise ValueError(f"unknown scripted mode {self.mode!r}; expected one of {MODES}")
         layout = self.env.task.layout
         if self.mode == "miss":
+            # the Panda's fingers close along world y: a miss along y must clear the open fingers' 4 cm half-span
             angle = self.rng.uniform(0, 2 * np.pi)
-            self.grasp_offset = np.array([np.cos(angle), np.sin(angle), 0.0]) * self.rng.uniform(0.035, 0.05)
+            distance = self.rng.uniform(0.035, 0.05) + 0.035 * abs(np.sin(angle))
+            self.grasp_offset = np.array([np.cos(angle), np.sin(angle), 0.0]) * distance
         else:
             self.grasp_offset = np.array([*self.rng.normal(0.0, 0.004, 2), 0.0])
         margin = layout.bin_inner_half - layout.cube_half_size - 0.015
