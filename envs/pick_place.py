@@ -127,6 +127,7 @@ class PickPlaceEnv(gym.Env):
         self.control_freq = float(control_freq)
         self.render_mode = render_mode
         self.render_size = int(render_size)
+        self.metadata = {**self.metadata, "render_fps": self.control_freq}  # videos play in robot time
         noise = {"magnitude": float(initialization_noise), "type": "gaussian"} if initialization_noise else None
         self.task = BinPickPlaceTask(
             robots=robot, controller_configs=controller_config(robot, controller), layout=SceneLayout(),
