@@ -74,3 +74,18 @@ def test_every_episode_dropped_leaves_nothing(tmp_path):
         run_conversion(load_config(["source=raw", f"input={tmp_path / 'logs'}", f"output={tmp_path / 'o.zarr'}",
                                     "skip_bad=true"]))
     assert list(tmp_path.iterdir()) == [tmp_path / "logs"]
+
+
+def test_action_bounds(tmp_path):
+    logs = tmp_path / "logs"
+    make_raw(logs, [True, True])
+    np.savez(logs / "ep1" / "steps.npz", timestamp=np.arange(3) * 0.05, action=[[0.0, 0.0], [2.5, 0.0], [0.0, 0.0]],
+             state=np.zeros((3, 2)))
+    base = ["source=raw", f"input={logs}"]
+    with pytest.raises(UserError, match=r"episode ep1, field action: value 2.5 at step 1, dimension 0 lies outside"):
+        run_conversion(load_config([*base, f"output={tmp_path / 'a.zarr'}"]))
+    run_conversion(load_config([*base, f"output={tmp_path / 'b.zarr'}", "action_bounds=[[-3,-1],[3,1]]"]))
+    ds = ZarrDataset(tmp_path / "b.zarr")
+    assert ds.attrs["action_low"] == [-3.0, -1.0] and ds.attrs["action_high"] == [3.0, 1.0]
+    with pytest.raises(UserError, match="lists of 2 values"):
+        run_conversion(load_config([*base, f"output={tmp_path / 'c.zarr'}", "action_bounds=[[-3,-1,0],3]"]))

@@ -165,3 +165,21 @@ def test_raw_missing_outcome_and_gap(raw_logs, tmp_path):
     (ep / "late.npz").unlink()
     summary = convert(logs, tmp_path / "x.zarr")
     assert summary["transitions"] == 3 and summary["success_rate"] == 0.0
+
+
+def test_align_stream_rules():
+    from calql_robot.datasets.converters.timestamps import align_stream, check_timestamps
+
+    times = np.array([0.0, 0.1, 0.2, 0.3])
+    values = np.array([[0.0], [1.0], [2.0], [3.0]], dtype=np.float32)
+    ref = np.array([0.0, 0.04, 0.06, 0.25, 0.3])
+    np.testing.assert_allclose(align_stream(ref, times, values, "linear", "s")[:, 0], [0.0, 0.4, 0.6, 2.5, 3.0],
+                               atol=1e-6)
+    np.testing.assert_array_equal(align_stream(ref, times, values, "nearest", "s")[:, 0], [0, 0, 1, 2, 3])
+    flags = np.array([0, 1, 0, 1], dtype=np.int64)  # integers are never interpolated
+    np.testing.assert_array_equal(align_stream(ref, times, flags, "linear", "s"), [0, 0, 1, 0, 1])
+    with pytest.raises(UserError, match="strictly increasing"):
+        check_timestamps(np.array([0.0, 0.2, 0.1]), "t")
+    with pytest.raises(UserError, match="no sample within"):
+        align_stream(np.array([0.0, 0.5]), times, values, "nearest", "s")
+    np.testing.assert_array_equal(align_stream(np.array([0.5]), times, values, "nearest", "s", tolerance=1.0), [[3]])

@@ -18,7 +18,14 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from calql_robot.datasets.converters.common import Episode, SourceEpisode, apply_reward_rule, check_episode, obs_spec_of
+from calql_robot.datasets.converters.common import (
+    Episode,
+    SourceEpisode,
+    apply_reward_rule,
+    check_episode,
+    obs_spec_of,
+    to_container,
+)
 from calql_robot.datasets.format import DatasetWriter, ZarrDataset, staged_store
 from calql_robot.errors import UserError
 
@@ -46,10 +53,18 @@ def _as_written(ep: Episode) -> dict[str, Any]:
 
 def action_bounds(cfg: DictConfig, action_dim: int, source_bounds: tuple[Any, Any] | None) -> tuple[np.ndarray, ...]:
     """(low, high) (A,) float32: ``action_bounds`` option, else the source's bounds, else [-1, 1]."""
-    given = cfg.get("action_bounds")
+    given = to_container(cfg.get("action_bounds"))
+    if given is not None and (not isinstance(given, (list, tuple)) or len(given) != 2):
+        raise UserError(f"action_bounds={given!r}: expected [low, high] (scalars or per-dimension lists)")
     low, high = (given[0], given[1]) if given is not None else source_bounds if source_bounds else (-1.0, 1.0)
-    low = np.broadcast_to(np.asarray(low, dtype=np.float32), (action_dim,)).copy()
-    high = np.broadcast_to(np.asarray(high, dtype=np.float32), (action_dim,)).copy()
+    try:
+        low = np.broadcast_to(np.asarray(low, dtype=np.float32), (action_dim,)).copy()
+        high = np.broadcast_to(np.asarray(high, dtype=np.float32), (action_dim,)).copy()
+    except ValueError:
+        raise UserError(f"action_bounds={given!r}: bounds must be scalars or lists of {action_dim} values (the "
+                        "action dimension)") from None
+    if not np.all(low < high):
+        raise UserError(f"action_bounds={given!r}: low must be below high in every dimension")
     return low, high
 
 
