@@ -17,6 +17,7 @@ class LowDimEncoder(nn.Module):
         super().__init__()
         self.keys = sorted(k for k, s in obs_spec.items() if s["kind"] == "low_dim")
         self.out_dim = sum(math.prod(obs_spec[k]["shape"]) for k in self.keys)
+        self.augment_pads: dict[str, int] = {}  # no images: nothing to augment (same attribute as FusionEncoder)
 
     def forward(self, obs: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
         parts = [obs[k].reshape(obs[k].shape[0], -1).float() for k in self.keys]
