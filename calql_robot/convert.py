@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from calql_robot.app import CONFIG_DIR, calql_app
 from calql_robot.errors import UserError
@@ -31,6 +31,9 @@ def run_conversion(cfg: DictConfig) -> dict:
         if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
             raise UserError(f"{key}=PATH is required (e.g. python -m calql_robot.convert source={source} "
                             f"input=demos.hdf5 output=data/demos.zarr)")
+    task = cfg.get("task")
+    with open_dict(cfg):  # task=NAME loads configs/task/NAME.yaml; converters take its name (or None)
+        cfg.task = task.get("name") if isinstance(task, DictConfig) else task
     module = importlib.import_module(f"calql_robot.datasets.converters.{source}")
     summary = module.convert(cfg)
     if not isinstance(summary, dict):
