@@ -273,8 +273,8 @@ def test_convert_app_dispatches_source_minari(minari_root, tmp_path):
     from calql_robot.convert import load_config, run_conversion
 
     out = tmp_path / "app.zarr"
-    # `task` is also a config group: `+task=NAME` loads the task config, whose name the converter takes
-    cfg = load_config(["source=minari", f"input={ANT_ID}", f"output={out}", "+task=antmaze_umaze"])
+    # `task=NAME` selects configs/task/NAME.yaml, whose name the converter takes
+    cfg = load_config(["source=minari", f"input={ANT_ID}", f"output={out}", "task=antmaze_umaze"])
     summary = run_conversion(cfg)
     store = ZarrDataset(out)
     assert summary["episodes"] == store.n_episodes and summary["output"] == str(out)
