@@ -20,6 +20,9 @@ The first critic layer is counted at its full width (features + action) per row,
 computes the feature part once per state. The reference fp32 rate is a 2048 x 2048 @ 2048 x 2048 matmul loop
 (2 * 2048^3 FLOPs per product) measured between the repeats of the same run; "share" is achieved FLOP/s over it.
 "cpu" is the process's CPU time over wall time x threads: below 1 means other processes took the cores.
+"upd/cpu-s" is updates per CPU second x threads, an estimate of the uncontended rate when the cores are shared
+(pessimistic with several threads: time spent waiting for a descheduled sibling thread counts as CPU time), and
+"cpu share" the same ratio as "share" computed from CPU time for both the update and the matmul loop.
 """
 
 from __future__ import annotations
@@ -61,17 +64,18 @@ def update_flops(obs_dim: int, action_dim: int, critic_hidden: Sequence[int], ac
     return critic_trained + critic_actor_loss + critic_target + actor
 
 
-def matmul_rate(device: torch.device, size: int = 2048, seconds: float = 1.0) -> float:
-    """fp32 FLOP/s of a size x size matmul loop on ``device``."""
+def matmul_rate(device: torch.device, size: int = 2048, seconds: float = 1.0) -> tuple[float, float]:
+    """fp32 FLOP/s of a size x size matmul loop on ``device``: per wall second and per CPU second x threads."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     torch.mm(a, b)
     sync(device)
-    count, start = 0, time.perf_counter()
+    count, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         torch.mm(a, b)
         sync(device)
         count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start)
+    flops = 2 * size**3 * count
+    return flops / (time.perf_counter() - start), flops * torch.get_num_threads() / (time.process_time() - cpu_start)
 
 
 def sync(device: torch.device) -> None:
@@ -106,9 +110,11 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> d
     batches = random_batches(spec["obs_dim"], spec["action_dim"], args.batch, device)
     for i in range(5):
         agent.update(batches[i % len(batches)])
-    rates, peaks, cpu_shares = [], [], []
+    rates, peaks, cpu_shares, cpu_rates, cpu_peaks = [], [], [], [], []
     for _ in range(args.repeats):
-        peaks.append(matmul_rate(device))
+        peak_wall, peak_cpu = matmul_rate(device)
+        peaks.append(peak_wall)
+        cpu_peaks.append(peak_cpu)
         sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         for i in range(args.updates):
@@ -116,12 +122,15 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> d
         sync(device)
         wall = time.perf_counter() - start
         rates.append(args.updates / wall)
-        cpu_shares.append((time.process_time() - cpu_start) / (wall * torch.get_num_threads()))
+        cpu_seconds = time.process_time() - cpu_start
+        cpu_shares.append(cpu_seconds / (wall * torch.get_num_threads()))
+        cpu_rates.append(args.updates * torch.get_num_threads() / cpu_seconds)
     flops = update_flops(spec["obs_dim"], spec["action_dim"], spec["critic_hidden"], spec["actor_hidden"],
                          args.batch, args.n_actions)
     rate, peak = statistics.median(rates), statistics.median(peaks)
     return {"config": name, "rate": rate, "rates": rates, "gflop": flops / 1e9, "achieved": rate * flops,
-            "peak": peak, "cpu": statistics.median(cpu_shares)}  # fmt: skip
+            "peak": peak, "cpu": statistics.median(cpu_shares), "cpu_rate": statistics.median(cpu_rates),
+            "cpu_peak": statistics.median(cpu_peaks)}  # fmt: skip
 
 
 def main() -> None:
@@ -142,11 +151,12 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus, load average before: {load}")
     rows = [bench_config(name, args, device) for name in args.configs]
     print(f"\n{'config':<8} {'updates/s':>9} {'repeats':>20} {'GFLOP/upd':>9} {'GFLOP/s':>8} "
-          f"{'matmul GFLOP/s':>14} {'share':>6} {'cpu':>5}  reference updates/s")
+          f"{'matmul GFLOP/s':>14} {'share':>6} {'cpu':>5} {'upd/cpu-s':>9} {'cpu share':>9}  reference updates/s")
     for r in rows:
         repeats = "/".join(f"{x:.2f}" for x in r["rates"])
         print(f"{r['config']:<8} {r['rate']:>9.2f} {repeats:>20} {r['gflop']:>9.2f} {r['achieved'] / 1e9:>8.1f} "
-              f"{r['peak'] / 1e9:>14.1f} {r['achieved'] / r['peak']:>6.0%} {r['cpu']:>5.0%}  {REFERENCE[r['config']]}")
+              f"{r['peak'] / 1e9:>14.1f} {r['achieved'] / r['peak']:>6.0%} {r['cpu']:>5.0%} {r['cpu_rate']:>9.2f} "
+              f"{r['cpu_rate'] * r['gflop'] * 1e9 / r['cpu_peak']:>9.0%}  {REFERENCE[r['config']]}")
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
