@@ -28,7 +28,7 @@ def make_task_env(task_cfg: DictConfig, seed: int | None = None, render: bool = 
     kwargs = dict(overrides)
     if render:
         kwargs["render"] = True
-    env = instantiate(task_cfg.env, **kwargs)
+    env = _unwrap_user_error(lambda: instantiate(task_cfg.env, **kwargs))
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -44,5 +44,18 @@ def generate_task_dataset(task_cfg: DictConfig, path: str | Path, episodes: int 
     kwargs: dict[str, Any] = {"path": str(path), "seed": seed}
     if episodes is not None:
         kwargs["episodes"] = episodes
-    generator = instantiate(task_cfg.generate, _partial_=True)
+    generator = _unwrap_user_error(lambda: instantiate(task_cfg.generate, _partial_=True))
     return Path(generator(**kwargs))
+
+
+def _unwrap_user_error(build: Any) -> Any:
+    """Run a hydra ``instantiate`` call; a UserError raised inside it is re-raised as is (hydra wraps it)."""
+    try:
+        return build()
+    except Exception as err:  # hydra.errors.InstantiationException wraps the factory's own error
+        cause = err
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
