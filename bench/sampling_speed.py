@@ -17,9 +17,10 @@ Cases (each builds ``ReplayBuffer.from_dataset`` and samples through ``MixedSamp
   store chunk by chunk through the LRU chunk cache (a cache smaller than the data stands for a dataset larger
   than RAM). Shows the cache hit rate over the timed batches.
 Each case times ``--seconds`` of ``sampler.sample(batch)`` after ``--warmup`` batches (which fill the cache);
-"MB/s" is the bytes of the batches returned. Also printed: the buffer's ``bytes_per_transition()`` (what it
-holds in RAM: for a lazy buffer only the transition arrays, the frames stay on disk) and the store's size on disk
-and uncompressed in RAM.
+"MB/s" is the bytes of the batches returned; "cpu" the process's CPU time over wall time and "batches/cpu-s"
+batches per CPU second (sampling is single-threaded, so that estimates the rate on an idle core).
+Also printed: the buffer's ``bytes_per_transition()`` (what it holds in RAM: for a lazy buffer only the
+transition arrays, the frames stay on disk) and the store's size on disk and uncompressed in RAM.
 """
 
 from __future__ import annotations
@@ -91,11 +92,13 @@ def main() -> None:
     print(f"store {store}: {eager.n_episodes} episodes, {eager.n_transitions} transitions, obs "
           f"{ {k: v['shape'] for k, v in eager.obs_spec.items()} }; {disk_bytes / 1e6:.1f} MB on disk, "
           f"{ram_bytes / 1e6:.1f} MB uncompressed ({ram_bytes / disk_bytes:.1f}x)")
-    print(f"\n{'case':<18} {'batches/s':>9} {'MB/s':>7} {'cpu':>5} {'bytes/transition in RAM':>24} {'cache hits':>10}")
+    print(f"\n{'case':<18} {'batches/s':>9} {'MB/s':>7} {'cpu':>5} {'batches/cpu-s':>13} "
+          f"{'bytes/transition in RAM':>24} {'cache hits':>10}")
 
     def report(name: str, sampler: MixedSampler, bytes_per_transition: float, hits: str = "") -> None:
         rate, mbps, cpu = time_sampler(sampler, args.batch, args.seconds, args.warmup)
-        print(f"{name:<18} {rate:>9.1f} {mbps:>7.0f} {cpu:>5.0%} {bytes_per_transition:>24,.0f} {hits:>10}")
+        print(f"{name:<18} {rate:>9.1f} {mbps:>7.0f} {cpu:>5.0%} {rate / cpu:>13.1f} {bytes_per_transition:>24,.0f} "
+              f"{hits:>10}")
 
     offline = ReplayBuffer.from_dataset(eager, TRANSFORM)
     report("ram", MixedSampler(offline, None, 0.5, seed=0), offline.bytes_per_transition())
@@ -112,7 +115,8 @@ def main() -> None:
         hits, misses = lazy.cache.hits - hits0, lazy.cache.misses - misses0
         hit_rate = f"{hits / max(hits + misses, 1):.0%}"
         name = f"lazy cache {fraction:.0%}"
-        print(f"{name:<18} {rate:>9.1f} {mbps:>7.0f} {cpu:>5.0%} {buf.bytes_per_transition():>24,.0f} {hit_rate:>10}")
+        print(f"{name:<18} {rate:>9.1f} {mbps:>7.0f} {cpu:>5.0%} {rate / cpu:>13.1f} "
+              f"{buf.bytes_per_transition():>24,.0f} {hit_rate:>10}")
     frame_bytes = sum(int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize for s in eager.obs_spec.values())
     print(f"\none observation: {frame_bytes:,} bytes; a transition storing obs and next_obs separately would hold "
           f"{2 * frame_bytes:,} bytes of observations")
