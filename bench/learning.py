@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "learning")
     p.add_argument("--override", nargs="*", default=[], help="extra hydra overrides for both apps, e.g. "
                    "agent.cql_alpha=1.0")
+    p.add_argument("--report-only", action="store_true", help="run nothing: rebuild the table, summary and plot "
+                   "from the run directories already under --out")
     args = p.parse_args(argv)
     if args.finetune_steps < 1 or args.pretrain_steps < 1 or args.eval_every < 1 or args.eval_episodes < 1:
         p.error("--pretrain-steps, --finetune-steps, --eval-every and --eval-episodes must be positive")
@@ -113,20 +115,12 @@ def run_one(args: argparse.Namespace, dataset: Path, method: str, seed: int) -> 
     return {"pretrain_s": pre, "finetune_s": fine}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"learning benchmark: {args.task}, methods {args.methods}, seeds {args.seeds}, {args.pretrain_steps} "
-          f"offline updates, {args.finetune_steps} online steps; load average at start {load:.1f}")
-    dataset = make_dataset(args)
-    pairs = [(m, s) for s in args.seeds for m in args.methods]
-    timings: dict[str, dict[str, float]] = {}
-    failures: list[str] = []
+def run_all(args: argparse.Namespace, dataset: Path, pairs: list[tuple[str, int]],
+            failures: list[str]) -> dict[str, dict[str, float]]:
+    """Run every (method, seed) pair, ``args.jobs`` at a time; failed pairs are appended to ``failures``."""
     from tqdm import tqdm
 
+    timings: dict[str, dict[str, float]] = {}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool, tqdm(total=len(pairs), desc="runs") as bar:
         futures = {pool.submit(run_one, args, dataset, m, s): (m, s) for m, s in pairs}
         for fut, (m, s) in futures.items():
@@ -136,6 +130,27 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(f"{m} seed {s}: {err}")
                 bar.write(f"FAILED {m} seed {s}: {err}")
             bar.update(1)
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"learning benchmark: {args.task}, methods {args.methods}, seeds {args.seeds}, {args.pretrain_steps} "
+          f"offline updates, {args.finetune_steps} online steps; load average at start {load:.1f}")
+    pairs = [(m, s) for s in args.seeds for m in args.methods]
+    failures: list[str] = []
+    if args.report_only:
+        dataset = args.out / "data" / f"{args.task}.zarr"
+        previous = args.out / "summary.json"
+        timings = json.loads(previous.read_text())["meta"]["run_timings_s"] if previous.is_file() else {}
+        timings.update({f"{m}_s{s}": timings.get(f"{m}_s{s}", {}) for m, s in pairs})
+    else:
+        dataset = make_dataset(args)
+        timings = run_all(args, dataset, pairs, failures)
     results: list[RunResult] = []
     for m, s in pairs:
         if f"{m}_s{s}" in timings:
@@ -143,12 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results, args.methods)
     table = format_table(summary, args.dip_fraction)
     print(table)
-    plot = plot_curves(results, args.methods, args.out / "learning_curve.png", args.task)
+    title = " ".join([args.task, *args.override])
+    plot = plot_curves(results, args.methods, args.out / "learning_curve.png", title)
     meta = {"task": args.task, "methods": args.methods, "seeds": args.seeds, "pretrain_steps": args.pretrain_steps,
             "finetune_steps": args.finetune_steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
             "dip_fraction": args.dip_fraction, "overrides": args.override, "dataset": str(dataset),
             "wall_s": time.perf_counter() - t0, "load_average_start": load, "run_timings_s": timings,
             "failures": failures, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    if args.report_only and (args.out / "summary.json").is_file():  # keep the measuring run's command and timing
+        meta = {**json.loads((args.out / "summary.json").read_text())["meta"], "report_command": meta["command"]}
     write_json(args.out / "summary.json", {"meta": meta, "summary": summary,
                                             "runs": [r.as_dict() for r in results]})
     (args.out / "summary.md").write_text(table + "\n")
