@@ -50,6 +50,7 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     cfg = agent_cfg_for_finetune(cfg, state)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the agent actually used
     device = session.resolve_device(cfg.device)
+    session.set_threads(cfg.get("threads"))
     session.seed_everything(int(cfg.seed))
     env = _make_env(cfg)
     obs_spec, action_dim = dict(env.obs_spec), int(env.action_space.shape[0])

@@ -39,6 +39,7 @@ def run_pretrain(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     pcfg = cfg.pretrain
     device = session.resolve_device(cfg.device)
+    session.set_threads(cfg.get("threads"))
     session.seed_everything(int(cfg.seed))
     path = session.ensure_dataset(cfg)
     env = make_task_env(cfg.task, seed=int(cfg.seed), render=bool(cfg.eval.video))

@@ -51,6 +51,7 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     cfg = agent_cfg_for_finetune(cfg, pre_state)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the agent actually used
     device = session.resolve_device(cfg.device)
+    session.set_threads(cfg.get("threads"))
     session.seed_everything(int(cfg.seed))
     env = make_task_env(cfg.task, seed=int(cfg.seed))
     eval_env = make_task_env(cfg.task, seed=int(cfg.seed) + 1, render=bool(cfg.eval.video))
