@@ -72,11 +72,7 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         counters.update({k: v for k, v in state["counters"].items() if k in counters})
         print(f"resuming deployment from {own_ckpt} at episode {counters['episodes']}")
     store = OnlineStore(run_dir / "online.zarr", obs_spec, env.action_space, cfg.task, source_kind="deploy")
-    for ep in store.load_into(online):
-        if ep["index"] >= counters["episodes"]:
-            counters["episodes"] += 1
-            counters["env_steps"] += ep["length"]
-            counters["successes"] += int(ep["success"])
+    store.load_into(online, counters)  # episodes stored after the last checkpoint are kept and counted once
     logger = MetricsLogger(run_dir, resume_step=counters["episodes"] if own_ckpt is not None else None)
 
     def save() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +78,22 @@ class OnlineStore:
         self.writer.add_episode(observations=episode["obs"], actions=episode["action"], rewards=episode["reward"],
                                 terminals=episode["terminal"], truncations=episode["truncated"])
 
-    def load_into(self, buffer: ReplayBuffer) -> Iterator[dict[str, Any]]:
-        """Add every stored episode to ``buffer``; yields {index, length, success} per episode."""
+    def load_into(self, buffer: ReplayBuffer, counters: dict[str, int]) -> None:
+        """Add every stored episode to ``buffer``; count those past ``counters["episodes"]`` into ``counters``.
+
+        ``counters`` (episodes, env_steps, successes) come from the last checkpoint; episodes the store holds beyond
+        it finished after that checkpoint (e.g. before a crash): they are kept and counted once.
+        """
         from calql_robot.datasets.format import ZarrDataset
 
         dataset = ZarrDataset(self.path)
         for i in range(dataset.n_episodes):
             ep = dataset.episode(i)
             buffer.add_episode(ep["obs"], ep["action"], ep["reward"], ep["terminal"])
-            yield {"index": i, "length": len(ep["action"]),
-                   "success": bool(np.any(ep["reward"] >= self.reward_success))}
+            if i >= counters["episodes"]:
+                counters["episodes"] += 1
+                counters["env_steps"] += len(ep["action"])
+                counters["successes"] += int(np.any(ep["reward"] >= self.reward_success))
 
     def close(self) -> None:
         self.writer.close()

@@ -74,11 +74,7 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print(f"resuming fine-tuning from {own_ckpt} at env step {counters['env_steps']}")
     else:
         print(f"fine-tuning from {cfg.checkpoint}")
-    for ep in store.load_into(online):  # episodes stored before a crash are kept, counted once
-        if ep["index"] >= counters["episodes"]:
-            counters["episodes"] += 1
-            counters["env_steps"] += ep["length"]
-            counters["successes"] += int(ep["success"])
+    store.load_into(online, counters)  # episodes stored after the last checkpoint are kept and counted once
     logger = MetricsLogger(run_dir, resume_step=counters["env_steps"] if own_ckpt is not None else None)
 
     def save() -> None:
