@@ -4,6 +4,8 @@ with a key mapping onto a task's observation keys, and a short ``pretrain`` runs
 
 Image sources are mapped onto task pick_place at image_size 32 (``agentview_rgb`` (32, 32, 3) uint8,
 ``robot_state`` (5,) float32, 4 actions in [-1, 1]); Minari AntMaze onto task antmaze_umaze (``state`` (31,)).
+Builders are shared with the converter tests by importing them (``tests/`` is on sys.path under pytest's default
+``prepend`` import mode).
 """
 
 from __future__ import annotations
