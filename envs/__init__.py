@@ -6,7 +6,13 @@ the helpers here instantiate them so that runners never import a task module by 
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# Headless rendering by default (MuJoCo reads this when it first creates a context); a user's choice is kept.
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+from pathlib import Path  # noqa: E402
 from typing import Any
 
 import gymnasium as gym

@@ -52,10 +52,10 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Run ``episodes`` rollouts with ``act(obs) -> action``.
 
-    Returns success_rate, return_mean, return_std, length_mean, and video (path or None). Success is read from
-    ``info["success"]`` at any step of the episode.
+    Returns success_rate, return_mean, return_std, length_mean, final_reward_mean (raw reward of the last step) and
+    video (path or None). Success is read from ``info["success"]`` at any step of the episode.
     """
-    returns, lengths, successes = [], [], []
+    returns, lengths, successes, final_rewards = [], [], [], []
     frames: list[np.ndarray] = []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
@@ -72,6 +72,7 @@ def evaluate_policy(
             if record and (f := _frame(env, obs)) is not None:
                 frames.append(f)
         returns.append(total)
+        final_rewards.append(float(reward))
         lengths.append(steps)
         successes.append(success)
     video = write_mp4(frames, video_path, fps) if video_path is not None else None
@@ -80,5 +81,6 @@ def evaluate_policy(
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "length_mean": float(np.mean(lengths)),
+        "final_reward_mean": float(np.mean(final_rewards)),
         "video": str(video) if video else None,
     }

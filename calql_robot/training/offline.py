@@ -80,8 +80,7 @@ def run_pretrain(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                             mc=f"{metrics.get('mc_return_mean', np.nan):.2f}",
                             bound=f"{metrics.get('bound_rate', np.nan):.2f}", refresh=False)
         if int(cfg.eval.every) > 0 and (step % int(cfg.eval.every) == 0 or step == total):
-            last_eval = session.evaluate_and_log(agent, env, cfg.eval, run_dir, step, logger, "pretrain",
-                                                 fps=float(cfg.task.get("control_freq", 10)))
+            last_eval = session.evaluate_and_log(agent, env, cfg, run_dir, step, logger, "pretrain")
             bar.write(f"step {step}: eval success {last_eval['success_rate']:.2f}, "
                       f"return {last_eval['return_mean']:.2f}")
         if step % int(pcfg.save_every) == 0 or step == total:

@@ -83,11 +83,10 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                  "config": OmegaConf.to_container(cfg, resolve=True)}
         save_checkpoint(run_dir, counters["env_steps"], session.checkpoint_tensors(agent), state)
 
-    fps = float(cfg.task.get("control_freq", 10))
     total, eval_every = int(fcfg.env_steps), int(cfg.eval.every)
     last_eval: dict[str, Any] = {}
     if own_ckpt is None and eval_every > 0:
-        last_eval = session.evaluate_and_log(agent, eval_env, cfg.eval, run_dir, 0, logger, "finetune", fps)
+        last_eval = session.evaluate_and_log(agent, eval_env, cfg, run_dir, 0, logger, "finetune")
         print(f"before fine-tuning: eval success {last_eval['success_rate']:.2f}")
     bar = tqdm(total=total, initial=counters["env_steps"], desc=f"finetune {cfg.task.name} [{cfg.agent.variant}]",
                unit="step", dynamic_ncols=True, disable=not cfg.progress)
@@ -125,7 +124,7 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             obs, _ = env.reset(seed=int(cfg.seed) + counters["episodes"])
             recorder.start(obs)
         if eval_every > 0 and (step % eval_every == 0 or step == total):
-            last_eval = session.evaluate_and_log(agent, eval_env, cfg.eval, run_dir, step, logger, "finetune", fps)
+            last_eval = session.evaluate_and_log(agent, eval_env, cfg, run_dir, step, logger, "finetune")
             bar.write(f"env step {step}: eval success {last_eval['success_rate']:.2f}")
     bar.close()
     logger.close()

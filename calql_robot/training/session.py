@@ -90,15 +90,22 @@ def check_obs_spec(dataset_spec: dict[str, Any], env_spec: dict[str, Any], datas
                             f"'{task}' produces {spec['dtype']}{list(spec['shape'])} (e.g. another image size)")
 
 
-def evaluate_and_log(agent: Any, env: Any, eval_cfg: DictConfig, run_dir: Path, step: int, logger: Any,
-                     tag: str, fps: float = 10.0) -> dict[str, Any]:
-    """Evaluate the deterministic policy, log ``eval`` metrics and save a rollout MP4 under ``videos/``."""
+def evaluate_and_log(agent: Any, env: Any, cfg: DictConfig, run_dir: Path, step: int, logger: Any,
+                     tag: str) -> dict[str, Any]:
+    """Evaluate the deterministic policy per ``cfg.eval``, log ``eval`` metrics, save a rollout MP4 in ``videos/``.
+
+    Tasks scored by ``normalized_score`` (Kitchen: subtasks done at the end / 4) also log that score.
+    """
     from calql_robot.training.evaluate import evaluate_policy
 
+    eval_cfg, task = cfg.eval, cfg.task
     video = run_dir / "videos" / f"{tag}_step_{step:09d}.mp4" if eval_cfg.get("video", True) else None
     result = evaluate_policy(env, lambda o: agent.act(o, deterministic=True), int(eval_cfg.episodes),
                              seed=int(eval_cfg.get("seed", 10_000)), video_path=video,
-                             video_episodes=int(eval_cfg.get("video_episodes", 1)), fps=fps)
+                             video_episodes=int(eval_cfg.get("video_episodes", 1)),
+                             fps=float(task.get("control_freq", 10.0)))
+    if task.get("score") == "normalized_score":
+        result["normalized_score"] = result["final_reward_mean"] / float(task.reward_success)
     logger.log("eval", step, {k: v for k, v in result.items() if k != "video"})
     return result
 
