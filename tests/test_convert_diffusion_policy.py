@@ -105,3 +105,21 @@ def test_zip_store_and_errors(tmp_path):
     with pytest.raises(UserError, match="episode episode_0, field state: NaN"):
         convert(folder, tmp_path / "e.zarr", "reward.unknown_outcome=success")
     assert not (tmp_path / "e.zarr").exists()
+
+
+def test_obs_list_joins_arrays_and_refuses_images(buffer, tmp_path):
+    src, arrays = buffer
+    convert(src, tmp_path / "o.zarr", "reward.unknown_outcome=failure", "keys.obs={robot_state:[state,reward]}",
+            "keys.cameras={}")
+    ds = ZarrDataset(tmp_path / "o.zarr")
+    assert sorted(ds.obs_spec) == ["robot_state"] and ds.obs_spec["robot_state"]["shape"] == [5]
+    expected = np.concatenate([arrays["state"], arrays["reward"][:, None]], axis=-1)
+    start = 0
+    for i, length in enumerate(LENGTHS):
+        np.testing.assert_array_equal(ds.episode(i)["obs"]["robot_state"], expected[start:start + length])
+        start += length
+    with pytest.raises(UserError, match=r"keys.obs.robot_state=\['state', 'img'\]: img holds camera images"):
+        convert(src, tmp_path / "x.zarr", "reward.unknown_outcome=failure", "keys.obs={robot_state:[state,img]}")
+    # an image mapped through keys.obs is not also added again as a default camera
+    convert(src, tmp_path / "i.zarr", "reward.unknown_outcome=failure", "keys.obs={pos:state,rgb:img}")
+    assert sorted(ZarrDataset(tmp_path / "i.zarr").obs_spec) == ["pos", "rgb"]

@@ -157,3 +157,18 @@ def test_lerobot_bad_video_named_and_skipped(tmp_path):
     summary = convert(src, tmp_path / "o.zarr", "skip_bad=true", "reward.rule=column")
     assert [d["episode"] for d in summary["dropped"]] == ["1"] and summary["episodes"] == 2
     np.testing.assert_array_equal(ZarrDataset(tmp_path / "o.zarr").episode(1)["reward"], truth[2]["reward"][:-1])
+
+
+def test_lerobot_obs_list_joins_columns(tmp_path):
+    truth = episode_truth()
+    src = tmp_path / "ds"
+    write_v21(src, truth)
+    convert(src, tmp_path / "o.zarr", "keys.cameras={}", "keys.obs={proprio:[observation.state,timestamp]}")
+    ds = ZarrDataset(tmp_path / "o.zarr")
+    assert sorted(ds.obs_spec) == ["proprio"] and ds.obs_spec["proprio"]["shape"] == [4]
+    for i, gt in enumerate(truth):
+        expected = np.concatenate([gt["state"], gt["timestamp"][:, None]], axis=-1)
+        np.testing.assert_array_equal(ds.episode(i)["obs"]["proprio"], expected)
+    with pytest.raises(UserError, match=r"episode 0, field observation.velocity: missing"):
+        convert(src, tmp_path / "x.zarr", "keys.cameras={}", "keys.obs={proprio:[observation.state,"
+                "observation.velocity]}")

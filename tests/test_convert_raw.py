@@ -183,3 +183,20 @@ def test_align_stream_rules():
     with pytest.raises(UserError, match="no sample within"):
         align_stream(np.array([0.0, 0.5]), times, values, "nearest", "s")
     np.testing.assert_array_equal(align_stream(np.array([0.5]), times, values, "nearest", "s", tolerance=1.0), [[3]])
+
+
+def test_raw_obs_list_joins_fields_in_order(raw_logs, tmp_path):
+    root, _ = raw_logs
+    convert(root, tmp_path / "d.zarr", "keys.cameras={}")
+    convert(root, tmp_path / "j.zarr", "keys.cameras={}", "keys.obs={robot_state:[state,gripper],grip:gripper}")
+    separate, joined = ZarrDataset(tmp_path / "d.zarr"), ZarrDataset(tmp_path / "j.zarr")
+    assert sorted(joined.obs_spec) == ["grip", "robot_state"]
+    assert joined.obs_spec["robot_state"]["shape"] == [4]
+    for i in range(2):
+        parts, ep = separate.episode(i)["obs"], joined.episode(i)["obs"]
+        np.testing.assert_array_equal(ep["robot_state"], np.concatenate([parts["state"], parts["gripper"]], axis=-1))
+        np.testing.assert_array_equal(ep["grip"], parts["gripper"])
+    with pytest.raises(UserError, match=r"episode ep_000, field torque: missing"):
+        convert(root, tmp_path / "x.zarr", "keys.cameras={}", "keys.obs={robot_state:[state,torque]}")
+    with pytest.raises(UserError, match=r"keys.cameras.front=\['a', 'b'\]: a camera maps to one key"):
+        convert(root, tmp_path / "y.zarr", "keys.cameras={front:[a,b]}")

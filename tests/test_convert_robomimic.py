@@ -102,6 +102,17 @@ def test_replayed_robosuite_demo_matches_direct_rollout(robosuite_demo, tmp_path
         assert bool(ep["terminal"][-1]) == (i == 1) and bool(ep["truncated"][-1]) == (i == 0)
 
 
+def test_replayed_obs_list_joins_rendered_fields(robosuite_demo, tmp_path):
+    path, truth = robosuite_demo
+    convert(path, tmp_path / "o.zarr", "keys.obs={state:[robot0_eef_pos,object-state]}", "keys.cameras={}")
+    ds = ZarrDataset(tmp_path / "o.zarr")
+    assert sorted(ds.obs_spec) == ["state"]
+    for i, gt in enumerate(truth):
+        joined = np.concatenate([gt["eef_pos"], gt["object"]], axis=-1)
+        np.testing.assert_allclose(ds.episode(i)["obs"]["state"][:-1], joined[:-1], atol=1e-6)
+    with pytest.raises(UserError, match=r"episode demo_1, field robot0_eef_vel: missing \(keys.obs.state\)"):
+        convert(path, tmp_path / "x.zarr", "keys.obs={state:[robot0_eef_pos,robot0_eef_vel]}", "keys.cameras={}")
+
 def test_robomimic_hdf5_with_obs(tmp_path):
     rng = np.random.default_rng(1)
     path = tmp_path / "low_dim.hdf5"
@@ -147,3 +158,85 @@ def test_robomimic_hdf5_with_obs(tmp_path):
         convert(path, tmp_path / "bad.zarr")
     summary = convert(path, tmp_path / "skip.zarr", "skip_bad=true")
     assert [d["episode"] for d in summary["dropped"]] == ["demo_5"] and summary["episodes"] == 2
+
+
+def write_split_proprio(path: Path, lengths: tuple[int, ...] = (4, 6)) -> list[dict[str, np.ndarray]]:
+    """robomimic HDF5 storing proprioception split like real files (robot0_eef_pos (3), robot0_gripper_qpos (2)) and
+    two cameras; returns each demo's (N+1, ...) observations."""
+    rng = np.random.default_rng(3)
+    truth = []
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "PickPlaceCan", "type": 1, "env_kwargs": {"control_freq": 20}})
+        for i, n in enumerate(lengths):
+            demo = data.create_group(f"demo_{i}")
+            obs = {"robot0_eef_pos": rng.normal(size=(n + 1, 3)).astype(np.float32),
+                   "robot0_gripper_qpos": rng.normal(size=(n + 1, 2)).astype(np.float64),
+                   "agentview_image": rng.integers(0, 255, size=(n + 1, 8, 8, 3), dtype=np.uint8),
+                   "robot0_eye_in_hand_image": rng.integers(0, 255, size=(n + 1, 8, 8, 3), dtype=np.uint8)}
+            for name, values in obs.items():
+                demo.create_dataset(f"obs/{name}", data=values[:-1])
+                demo.create_dataset(f"next_obs/{name}", data=values[1:])
+            demo.create_dataset("actions", data=rng.uniform(-1, 1, size=(n, 7)))
+            demo.create_dataset("dones", data=np.eye(n, dtype=np.int64)[-1])
+            truth.append(obs)
+    return truth
+
+
+def test_robomimic_obs_list_joins_fields_and_cameras_apply_with_obs(tmp_path):
+    path = tmp_path / "split.hdf5"
+    truth = write_split_proprio(path)
+    convert(path, tmp_path / "o.zarr", "keys.obs={robot_state:[robot0_eef_pos,robot0_gripper_qpos]}",
+            "keys.cameras={agentview:agentview_rgb}")
+    ds = ZarrDataset(tmp_path / "o.zarr")
+    # keys.cameras applies together with keys.obs: the renamed camera is kept, the unnamed one is not selected
+    assert sorted(ds.obs_spec) == ["agentview_rgb", "robot_state"]
+    assert ds.obs_spec["robot_state"] == {"shape": [5], "dtype": "float32", "kind": "low_dim"}
+    for i, gt in enumerate(truth):
+        ep = ds.episode(i)
+        joined = np.concatenate([gt["robot0_eef_pos"], gt["robot0_gripper_qpos"]], axis=-1).astype(np.float32)
+        np.testing.assert_array_equal(ep["obs"]["robot_state"], joined)
+        np.testing.assert_array_equal(ep["obs"]["agentview_rgb"], gt["agentview_image"])
+    # the list order is the concatenation order; keys.cameras=null keeps every camera under its field name
+    convert(path, tmp_path / "r.zarr", "keys.obs={grip_then_pos:[robot0_gripper_qpos,robot0_eef_pos]}")
+    ds = ZarrDataset(tmp_path / "r.zarr")
+    assert sorted(ds.obs_spec) == ["agentview_image", "grip_then_pos", "robot0_eye_in_hand_image"]
+    ep = ds.episode(1)
+    np.testing.assert_array_equal(ep["obs"]["grip_then_pos"][:, :2], truth[1]["robot0_gripper_qpos"].astype(np.float32))
+    np.testing.assert_array_equal(ep["obs"]["grip_then_pos"][:, 2:], truth[1]["robot0_eef_pos"])
+    np.testing.assert_array_equal(ep["obs"]["robot0_eye_in_hand_image"], truth[1]["robot0_eye_in_hand_image"])
+
+
+def test_robomimic_obs_list_errors_name_the_field(tmp_path):
+    path = tmp_path / "split.hdf5"
+    write_split_proprio(path)
+    missing = r"episode demo_0, field obs/robot0_gripper_pos: missing \(keys.obs.robot_state\); have \[.*'robot0_eef_"
+    with pytest.raises(UserError, match=missing):
+        convert(path, tmp_path / "a.zarr", "keys.obs={robot_state:[robot0_eef_pos,robot0_gripper_pos]}")
+    with pytest.raises(UserError, match=r"keys.obs.robot_state=.*obs/agentview_image holds camera images"):
+        convert(path, tmp_path / "b.zarr", "keys.obs={robot_state:[robot0_eef_pos,agentview_image]}")
+    with pytest.raises(UserError, match=r"keys.cameras.agentview=.*one key"):
+        convert(path, tmp_path / "c.zarr", "keys.cameras={agentview:[a_rgb,b_rgb]}")
+    with pytest.raises(UserError, match=r"keys.obs.robot_state=\[\]"):
+        convert(path, tmp_path / "d.zarr", "keys.obs={robot_state:[]}")
+    with pytest.raises(UserError, match=r"episode demo_0, field obs/wrist_image: keys.cameras names camera 'wrist'"):
+        convert(path, tmp_path / "e.zarr", "keys.cameras={wrist:wrist_rgb}")
+    assert not list(tmp_path.glob("*.zarr*"))
+
+
+def test_observation_from_fields_checks_lengths_shapes_and_numbers():
+    from calql_robot.datasets.converters.common import observation_from_fields
+
+    arrays = {"a": np.arange(8.0).reshape(4, 2), "b": np.arange(4), "short": np.zeros((3, 1)),
+              "cube": np.zeros((4, 2, 2)), "text": np.array(["x", "y", "z", "w"])}
+    joined = observation_from_fields("k", ["a", "b"], arrays.get, "ep7")
+    np.testing.assert_array_equal(joined, np.concatenate([arrays["a"], arrays["b"][:, None]], axis=-1))
+    assert joined.dtype == np.float32
+    with pytest.raises(UserError, match=r"episode ep7, field short: 3 rows but a has 4"):
+        observation_from_fields("k", ["a", "short"], arrays.get, "ep7")
+    with pytest.raises(UserError, match=r"episode ep7, field cube: shape \(2, 2\) cannot be joined"):
+        observation_from_fields("k", ["a", "cube"], arrays.get, "ep7")
+    with pytest.raises(UserError, match=r"episode ep7, field text: values are not numbers"):
+        observation_from_fields("k", ["a", "text"], arrays.get, "ep7")
+    with pytest.raises(UserError, match=r"episode ep7, field nope: missing \(keys.obs.k\); have \['a', 'b'\]"):
+        observation_from_fields("k", ["a", "nope"], arrays.get, "ep7", have=["b", "a"])

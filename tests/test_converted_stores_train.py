@@ -30,7 +30,6 @@ from test_convert_lerobot import FPS as VIDEO_FPS
 from test_convert_lerobot import write_mp4
 
 from calql_robot.datasets.format import ZarrDataset
-from calql_robot.errors import UserError
 from calql_robot.training.checkpoint import find_checkpoint
 
 LENGTHS = [10, 9]           # frames (or robomimic actions) per episode; episode 0 succeeds, episode 1 fails
@@ -163,8 +162,8 @@ def build_robomimic(root: Path) -> tuple[Path, list[str]]:
     ``robot0_eef_pos`` + ``robot0_gripper_qpos``: see test_robomimic_split_proprio_maps_to_robot_state)."""
     path = root / "image.hdf5"
     write_robomimic(path, lambda ep: {"robot0_proprio": ep["state"]})
-    # robomimic cameras are obs fields: once keys.obs is given it selects them too (keys.cameras only renames the
-    # default selection), so the camera is listed here
+    # robomimic cameras are obs fields: keys.obs may map one itself (keys.cameras={agentview:agentview_rgb} works
+    # as well); an image field mapped by keys.obs is not added again as a default camera
     return path, ["source=robomimic", "keys.obs={robot_state:robot0_proprio,agentview_rgb:agentview_image}",
                   "image_size=32"]
 
@@ -244,10 +243,9 @@ def test_minari_antmaze_converts_and_pretrains_on_antmaze_umaze(tmp_path, monkey
     assert_pretrain_ran(run_dir)
 
 
-@pytest.mark.xfail(raises=UserError, strict=True,
-                   reason="keys.obs maps one source field per key; no option concatenates robomimic's "
-                          "robot0_eef_pos (3) + robot0_gripper_qpos (2) into pick_place's robot_state (5)")
 def test_robomimic_split_proprio_maps_to_robot_state(tmp_path):
+    """Real robomimic files split proprioception: a keys.obs list joins robot0_eef_pos (3) + robot0_gripper_qpos (2)
+    into pick_place's robot_state (5), in the listed order."""
     from calql_robot.convert import load_config, run_conversion
 
     path = tmp_path / "image.hdf5"
@@ -256,4 +254,7 @@ def test_robomimic_split_proprio_maps_to_robot_state(tmp_path):
                                 "keys.obs={robot_state:[robot0_eef_pos,robot0_gripper_qpos],"
                                 "agentview_rgb:agentview_image}", "image_size=32"]))
     ds = ZarrDataset(tmp_path / "o.zarr")
-    assert ds.obs_spec["robot_state"]["shape"] == [STATE_DIM]
+    spec = {k: {"shape": list(v["shape"]), "dtype": str(v["dtype"])} for k, v in ds.obs_spec.items()}
+    assert spec == PICK_PLACE_SPEC
+    for i, ep in enumerate(episode_arrays(3)):
+        np.testing.assert_array_equal(ds.episode(i)["obs"]["robot_state"], ep["state"])

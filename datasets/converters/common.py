@@ -8,7 +8,7 @@ writes, verifies and summarises.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,13 +68,89 @@ def to_container(node: Any) -> Any:
 
 
 def mapping_from_cfg(node: Any, default: Mapping[str, str], what: str) -> dict[str, str]:
-    """``node`` (a mapping from the config) as a dict of str -> str; ``default`` when it is None ({} means none)."""
+    """``node`` (a mapping from the config) as a dict of str -> str; ``default`` when it is None ({} means none).
+
+    Used for ``keys.cameras``: one camera per key, so a list value is a UserError naming the key.
+    """
     value = to_container(node)
     if value is None:
         return dict(default)
     if not isinstance(value, Mapping):
-        raise UserError(f"{what} must be a mapping like {{our_key: source_field}}, got {value!r}")
+        raise UserError(f"{what} must be a mapping like {{source_camera: our_key}}, got {value!r}")
+    for key, item in value.items():
+        if isinstance(item, (list, tuple, Mapping)):
+            raise UserError(f"{what}.{key}={item!r}: a camera maps to one key (a list of fields can only join "
+                            "low-dim fields in keys.obs)")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def obs_mapping_from_cfg(node: Any, default: Mapping[str, str], what: str = "keys.obs") -> dict[str, tuple[str, ...]]:
+    """``keys.obs`` as {our_key: (source_field, ...)}; ``default`` {our_key: field} when it is None ({} means none).
+
+    A value is one field name or a non-empty list of field names; a list joins the fields (low-dim only) along their
+    last axis, in the given order, into one key (see :func:`observation_from_fields`).
+    """
+    value = to_container(node)
+    if value is None:
+        return {str(k): (str(v),) for k, v in default.items()}
+    if not isinstance(value, Mapping):
+        raise UserError(f"{what} must be a mapping like {{our_key: source_field}} or {{our_key: [field_a, field_b]}}"
+                        f", got {value!r}")
+    out: dict[str, tuple[str, ...]] = {}
+    for key, item in value.items():
+        fields = item if isinstance(item, (list, tuple)) else [item]
+        if not fields or any(f is None or isinstance(f, (list, tuple, Mapping)) for f in fields):
+            raise UserError(f"{what}.{key}={item!r}: expected a source field name or a non-empty list of field "
+                            "names (joined along the last axis)")
+        out[str(key)] = tuple(str(f) for f in fields)
+    return out
+
+
+def observation_from_fields(
+    key: str,
+    fields: Sequence[str],
+    fetch: Callable[[str], np.ndarray | None],
+    episode: str,
+    *,
+    prefix: str = "",
+    have: Sequence[str] | None = None,
+    image: Callable[[str, np.ndarray], np.ndarray | None] | None = None,
+) -> np.ndarray:
+    """One observation key of an episode from its source field(s).
+
+    fetch(field) -> (N, ...) values of one field, or None when the episode lacks it (it may also raise its own
+    UserError). ``prefix`` is put before field names in errors (e.g. ``obs/``), ``have`` lists the fields there are.
+    image(field, values) -> uint8 frames (N, H, W, C) when ``values`` are camera images, else None (None: no images).
+    One field: its images, or its low-dim values (N, D...) float32. Several fields: low-dim values (N, D_1 + ... +
+    D_k) joined along the last axis in the given order; an image among them, fields of different lengths or other
+    leading shapes, a missing field or values that are not numbers are a UserError naming the episode and field.
+    """
+    parts: list[tuple[str, np.ndarray]] = []
+    for field_name in fields:
+        label = f"{prefix}{field_name}"
+        values = fetch(field_name)
+        if values is None:
+            listing = "" if have is None else f"; have {sorted(have)}"
+            raise episode_error(episode, label, f"missing (keys.obs.{key}){listing}")
+        if image is not None:
+            frames = image(field_name, values)
+            if frames is not None:
+                if len(fields) > 1:
+                    raise UserError(f"keys.obs.{key}={list(fields)}: {label} holds camera images; a list joins "
+                                    "low-dim fields only (images take one field per key)")
+                return frames
+        parts.append((label, as_low_dim(values, episode, label)))
+    if len(parts) == 1:
+        return parts[0][1]
+    first_label, first = parts[0]
+    for label, part in parts[1:]:
+        if part.shape[0] != first.shape[0]:
+            raise episode_error(episode, label, f"{part.shape[0]} rows but {first_label} has {first.shape[0]} "
+                                                f"(keys.obs.{key} joins them)")
+        if part.shape[1:-1] != first.shape[1:-1]:
+            raise episode_error(episode, label, f"shape {part.shape[1:]} cannot be joined along the last axis with "
+                                                f"{first_label}'s {first.shape[1:]} (keys.obs.{key})")
+    return np.concatenate([part for _, part in parts], axis=-1)
 
 
 def parse_image_size(value: Any) -> tuple[int, int] | None:

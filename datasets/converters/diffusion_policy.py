@@ -21,6 +21,8 @@ from calql_robot.datasets.converters.common import (
     episode_error,
     is_image_array,
     mapping_from_cfg,
+    obs_mapping_from_cfg,
+    observation_from_fields,
     parse_image_size,
     resize_frames,
     to_uint8_images,
@@ -69,9 +71,12 @@ class ReplayBufferReader:
         # defaults leave out the action, reward and outcome arrays (keys.obs can still name them)
         skip = {self.action_key, str(cfg.reward.column), str(self.success_key), "reward", "rewards", "done", "dones"}
         images = {k for k in n_rows if k not in skip and is_image_array(self.data[k][:1])}
-        self.obs_map = mapping_from_cfg(cfg["keys"].obs, {k: k for k in n_rows if k not in skip | images}, "keys.obs")
-        self.cam_map = mapping_from_cfg(cfg["keys"].cameras, {k: k for k in sorted(images)}, "keys.cameras")
-        for field in list(self.obs_map.values()) + list(self.cam_map):
+        self.obs_map = obs_mapping_from_cfg(cfg["keys"].obs, {k: k for k in n_rows if k not in skip | images})
+        obs_fields = [f for fields in self.obs_map.values() for f in fields]
+        # default cameras: the image arrays keys.obs does not already map
+        default_cams = {k: k for k in sorted(images) if k not in obs_fields}
+        self.cam_map = mapping_from_cfg(cfg["keys"].cameras, default_cams, "keys.cameras")
+        for field in obs_fields + list(self.cam_map):
             if field not in n_rows:
                 raise UserError(f"input {self.path}: no array data/{field}; have {sorted(n_rows)}")
         self.size = parse_image_size(cfg.image_size)
@@ -90,11 +95,13 @@ class ReplayBufferReader:
         def rows(field: str) -> np.ndarray:
             return np.asarray(self.data[field][start:end])
 
-        obs = {}
-        for key, field in self.obs_map.items():
-            values = rows(field)
-            obs[key] = (resize_frames(to_uint8_images(values, name, field), self.size) if is_image_array(values)
-                        else as_low_dim(values, name, field))
+        def image(field: str, values: np.ndarray) -> np.ndarray | None:
+            if not is_image_array(values):
+                return None
+            return resize_frames(to_uint8_images(values, name, field), self.size)
+
+        obs = {key: observation_from_fields(key, fields, rows, name, image=image)
+               for key, fields in self.obs_map.items()}
         for field, key in self.cam_map.items():
             obs[key] = resize_frames(to_uint8_images(rows(field), name, field), self.size)
         actions = as_low_dim(rows(self.action_key), name, self.action_key)[:-1]

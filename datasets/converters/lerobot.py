@@ -28,6 +28,8 @@ from calql_robot.datasets.converters.common import (
     as_low_dim,
     episode_error,
     mapping_from_cfg,
+    obs_mapping_from_cfg,
+    observation_from_fields,
     parse_image_size,
     resize_frames,
 )
@@ -147,7 +149,7 @@ class LeRobotReader:
         images = self.ds.image_keys()
         default_obs = {k[len("observation."):].replace(".", "_"): k for k in self.ds.features
                        if k.startswith("observation.") and k not in images}
-        self.obs_map = mapping_from_cfg(cfg["keys"].obs, default_obs, "keys.obs")
+        self.obs_map = obs_mapping_from_cfg(cfg["keys"].obs, default_obs)
         default_cams = {k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k: k for k in images}
         cams = mapping_from_cfg(cfg["keys"].cameras, {c: c for c in default_cams}, "keys.cameras")
         self.cam_map: dict[str, str] = {}  # feature -> our key
@@ -177,7 +179,7 @@ class LeRobotReader:
                 raise episode_error(name, field, f"missing from the data; columns {table.column_names}")
             return _column(table, field)
 
-        obs = {key: as_low_dim(column(field), name, field) for key, field in self.obs_map.items()}
+        obs = {key: observation_from_fields(key, fields, column, name) for key, fields in self.obs_map.items()}
         timestamps = column("timestamp").astype(np.float64) if "timestamp" in table.column_names else (
             np.arange(n_frames) / (self.ds.fps or 1.0))
         for feature, key in self.cam_map.items():

@@ -25,6 +25,8 @@ from calql_robot.datasets.converters.common import (
     as_low_dim,
     episode_error,
     mapping_from_cfg,
+    obs_mapping_from_cfg,
+    observation_from_fields,
     parse_image_size,
     resize_frames,
 )
@@ -150,8 +152,8 @@ class RawEpisodeReader:
 
         skip = {self.action_field, str(self.cfg.reward.column)}
         default_obs = {f: f for _, fields in tables.values() for f in fields if f not in skip}
-        obs = {key: as_low_dim(aligned(field), episode, field)
-               for key, field in mapping_from_cfg(self.cfg["keys"].obs, default_obs, "keys.obs").items()}
+        obs = {key: observation_from_fields(key, fields, aligned, episode)
+               for key, fields in obs_mapping_from_cfg(self.cfg["keys"].obs, default_obs).items()}
         cams = mapping_from_cfg(self.cfg["keys"].cameras, {c: c for c in camera_names(folder)}, "keys.cameras")
         start = min(times[0] for times, _ in tables.values())
         for cam, key in cams.items():

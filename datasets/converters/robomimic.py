@@ -24,6 +24,8 @@ from calql_robot.datasets.converters.common import (
     as_low_dim,
     episode_error,
     mapping_from_cfg,
+    obs_mapping_from_cfg,
+    observation_from_fields,
     parse_image_size,
     resize_frames,
     to_uint8_images,
@@ -56,12 +58,18 @@ def demo_names(f: h5py.File, filter_key: str | None, path: Path) -> list[str]:
     return sorted(names, key=order)
 
 
-def _camera_key(field: str, cams: dict[str, str]) -> str | None:
-    """Our key for an image field ``<cam>_image`` if keys.cameras renames it (by camera or by field name)."""
-    for cam, key in cams.items():
-        if field in (cam, f"{cam}_image"):
-            return key
-    return None
+def _is_image_field(field: str, dataset: h5py.Dataset) -> bool:
+    """A robomimic obs field holding camera images: ``<cam>_image``, or uint8 (N, H, W, C)."""
+    return field.endswith("_image") or (dataset.ndim == 4 and dataset.dtype == np.uint8)
+
+
+def _camera_field(cam: str, fields: list[str], images: list[str], episode: str) -> str:
+    """The obs field of a keys.cameras entry: ``<cam>_image`` (camera name) or the field name itself."""
+    for field in (f"{cam}_image", cam):
+        if field in fields:
+            return field
+    raise episode_error(episode, f"obs/{cam}_image", f"keys.cameras names camera {cam!r}, which is missing; image "
+                                                     f"fields {images}")
 
 
 def _check_next_obs(obs: np.ndarray, next_obs: np.ndarray, name: str, field: str) -> None:
@@ -141,19 +149,23 @@ class RobomimicReader:
                              step_success=step_success)
 
     def _stored_obs(self, demo: h5py.Group, name: str, actions: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
+        """Observations from ``obs``/``next_obs``: keys.obs (default: every low-dim field under its own name) and,
+        independently, keys.cameras (default: every image field keys.obs does not map, under its own name)."""
         if "obs" not in demo:
             raise episode_error(name, "obs", "missing and robomimic.replay=false (states can be replayed with "
                                              "robomimic.replay=true)")
         fields = sorted(demo["obs"].keys())
-        cams = mapping_from_cfg(self.cfg["keys"].cameras, {}, "keys.cameras")
-        default = {(_camera_key(f, cams) or f): f for f in fields}
-        obs_map = mapping_from_cfg(self.cfg["keys"].obs, default, "keys.obs")
+        images = [f for f in fields if _is_image_field(f, demo["obs"][f])]
+        obs_map = obs_mapping_from_cfg(self.cfg["keys"].obs, {f: f for f in fields if f not in images})
+        mapped = {f for group in obs_map.values() for f in group}
+        cams = mapping_from_cfg(self.cfg["keys"].cameras, {f: f for f in images if f not in mapped}, "keys.cameras")
         has_next = "next_obs" in demo
         n_steps = actions.shape[0] if has_next else actions.shape[0] - 1
-        obs = {}
-        for key, field in obs_map.items():
+
+        def stored(field: str) -> np.ndarray | None:
+            """(n_steps + 1, ...) values of obs/<field>, the last row from next_obs; None when there is no field."""
             if field not in demo["obs"]:
-                raise episode_error(name, f"obs/{field}", f"missing; data/{name}/obs has {fields}")
+                return None
             values = np.asarray(demo["obs"][field][()])
             if has_next:
                 if field not in demo["next_obs"]:
@@ -164,10 +176,25 @@ class RobomimicReader:
             if values.shape[0] != n_steps + 1:
                 raise episode_error(name, f"obs/{field}", f"{values.shape[0] - int(has_next)} rows for "
                                                           f"{actions.shape[0]} actions")
-            if field.endswith("_image") or (values.ndim == 4 and values.dtype == np.uint8):
-                obs[key] = resize_frames(to_uint8_images(values, name, f"obs/{field}"), self.size)
-            else:
-                obs[key] = as_low_dim(values, name, f"obs/{field}")
+            return values
+
+        def image(field: str, values: np.ndarray) -> np.ndarray | None:
+            if not (field.endswith("_image") or (values.ndim == 4 and values.dtype == np.uint8)):
+                return None
+            return resize_frames(to_uint8_images(values, name, f"obs/{field}"), self.size)
+
+        obs = {key: observation_from_fields(key, group, stored, name, prefix="obs/", have=fields, image=image)
+               for key, group in obs_map.items()}
+        for cam, key in cams.items():
+            field = _camera_field(cam, fields, images, name)
+            if key in obs:
+                raise UserError(f"keys.cameras.{cam}={key!r}: key {key!r} is already an observation key from "
+                                "keys.obs; give the camera another key")
+            values = stored(field)
+            frames = None if values is None else image(field, values)
+            if frames is None:
+                raise episode_error(name, f"obs/{field}", "keys.cameras names it but it holds no images")
+            obs[key] = frames
         return obs, actions[:n_steps]
 
     def _replayed_obs(self, demo: h5py.Group, name: str, actions: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
@@ -179,11 +206,9 @@ class RobomimicReader:
         replayer = self.replayer()
         rendered, step_success = replayer.replay(str(demo.attrs["model_file"]), states, actions, name)
         cams = mapping_from_cfg(self.cfg["keys"].cameras, DEFAULT_REPLAY_CAMERAS, "keys.cameras")
-        obs = {}
-        for key, field in mapping_from_cfg(self.cfg["keys"].obs, DEFAULT_REPLAY_OBS, "keys.obs").items():
-            if field not in rendered:
-                raise episode_error(name, field, f"the replayed env has no such observation; has {sorted(rendered)}")
-            obs[key] = as_low_dim(rendered[field], name, field)
+        obs_map = obs_mapping_from_cfg(self.cfg["keys"].obs, DEFAULT_REPLAY_OBS)
+        obs = {key: observation_from_fields(key, group, rendered.get, name, have=list(rendered))
+               for key, group in obs_map.items()}
         for cam, key in cams.items():
             obs[key] = to_uint8_images(rendered[f"{cam}_image"], name, f"{cam}_image")
         return obs, step_success
