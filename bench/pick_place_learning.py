@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="(method, seed) runs at once")
     p.add_argument("--out", type=Path, default=Path("/tmp/pick_place_learning"))
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "pick_place_learning.png")
+    p.add_argument("--report-only", action="store_true", help="skip collecting and training; read the runs in --out")
     args = p.parse_args(argv)
     if min(args.episodes, args.pretrain_steps, args.finetune_steps, args.eval_every, args.eval_episodes) < 1:
         p.error("--episodes, --pretrain-steps, --finetune-steps, --eval-every and --eval-episodes must be positive")
@@ -79,6 +80,40 @@ def cumulative_regret(run: Path) -> float:
     return float(rows[-1]["cumulative_regret"]) if rows else float("nan")
 
 
+def plot_q(out: Path, runs: list[tuple[str, int]], path: Path) -> Path:
+    """Mean Q(s, a_data) and mean Monte-Carlo return of the training batches (train.csv ``q_data_mean``,
+    ``mc_return_mean``) over pre-training then fine-tuning (x = updates, fine-tuning offset by the pre-training
+    updates): a calibrated critic tracks the return."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for i, (method, seed) in enumerate(runs):
+        offset = 0.0
+        for phase, style in (("pretrain", "-"), ("finetune", "--")):
+            rows = read_csv(out / "runs" / f"{method}_s{seed}" / phase / "train.csv")
+            steps = [offset + float(r["step"]) for r in rows]
+            ax.plot(steps, [float(r["q_data_mean"]) for r in rows], style, color=f"C{i}",
+                    label=f"{method} s{seed} Q(s, a_data), {phase}")
+            if i == 0:
+                ax.plot(steps, [float(r["mc_return_mean"]) for r in rows], style, color="k", lw=1,
+                        label=f"MC return of the batches, {phase}")
+            offset = steps[-1] if steps else offset
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="gradient updates (pre-training, then fine-tuning)", ylabel="mean over the batch",
+           title="critic calibration: Q on dataset actions against Monte-Carlo returns")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out = args.out.resolve()
@@ -87,18 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pick_place learning run: {args.methods}, seeds {args.seeds}, {args.image_size}px, {args.episodes} "
           f"episodes, {args.pretrain_steps} updates at batch {args.batch_size}, {args.finetune_steps} online steps; "
           f"load average {os.getloadavg()[0]:.1f}")
-    dataset = collect(args)
+    dataset = args.out / "data" if args.report_only else collect(args)
     # bench/learning.py's run_one with this task's options (its parser's names, filled here).
     run_args = argparse.Namespace(
         task="pick_place", out=args.out, eval_episodes=args.eval_episodes, pretrain_steps=args.pretrain_steps,
         pretrain_eval_every=args.pretrain_eval_every, finetune_steps=args.finetune_steps, eval_every=args.eval_every,
-        override=[f"task.env.image_size={args.image_size}", f"pretrain.batch_size={args.batch_size}",
-                  f"finetune.batch_size={args.batch_size}"],
+        override=[f"task.env.image_size={args.image_size}", f"++pretrain.batch_size={args.batch_size}",
+                  f"++finetune.batch_size={args.batch_size}"],  # ++: each app lacks the other's key
     )  # fmt: skip
     pairs = [(m, s) for s in args.seeds for m in args.methods]
     timings, failures = {}, []
+    if args.report_only:
+        timings = {f"{m}_s{s}": {} for m, s in pairs if (args.out / "runs" / f"{m}_s{s}" / "finetune").is_dir()}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {pool.submit(run_one, run_args, dataset, m, s): (m, s) for m, s in pairs}
+        todo = [] if args.report_only else pairs
+        futures = {pool.submit(run_one, run_args, dataset, m, s): (m, s) for m, s in todo}
         for fut, (m, s) in futures.items():
             try:
                 timings[f"{m}_s{s}"] = fut.result()
@@ -120,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{dict(zip(r.eval_steps.tolist(), r.eval_success.tolist()))}; cumulative regret {regrets[key]:.0f} "
               f"of {r.metrics['episodes']:.0f} episodes")
     plot = plot_curves(results, args.methods, args.plot, f"pick_place ({args.image_size}px)")
+    q_plot = plot_q(args.out, [(r.method, r.seed) for r in results], args.plot.with_name(args.plot.stem + "_q.png"))
     meta = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "dataset": str(dataset),
             "wall_s": time.perf_counter() - t0, "run_timings_s": timings, "failures": failures,
             "cumulative_regret": regrets, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     write_json(args.out / "summary.json", {"meta": meta, "summary": summary, "runs": [r.as_dict() for r in results]})
-    print(f"wall time {meta['wall_s'] / 60:.1f} min; summary {args.out / 'summary.json'}; plot {plot}")
+    print(f"wall time {meta['wall_s'] / 60:.1f} min; summary {args.out / 'summary.json'}; plots {plot}, {q_plot}")
     return 1 if failures else 0
 
 
