@@ -254,3 +254,17 @@ def test_one_batched_critic_forward_per_state_set(variant: str, sets: list[int])
     assert [k for k, _ in calls["critic"]] == sets  # 1 + 3n = 13 sets for n = 4
     assert calls["critic"][-1][1] == (2, sets[-1], 16)
     assert [k for k, _ in calls["critic_target"]] == [n if variant == "calql" else 1]
+
+
+def test_state_from_another_device_type_loads() -> None:
+    """A CUDA generator state (16 bytes) differs from a CPU one: loading it on CPU reseeds instead of failing."""
+    source = build("calql", seed=1)
+    tensors = source.state_dict_tensors()
+    tensors["rng_state"] = torch.arange(16, dtype=torch.uint8)  # the size a CUDA generator state has
+    target = build("calql", seed=2)
+    target.load_state_dict_tensors(tensors)
+    for key, value in source.state_dict_tensors().items():
+        if key != "rng_state":
+            assert torch.equal(value, target.state_dict_tensors()[key]), key
+    assert target.act({"state": np.zeros(OBS_SPEC["state"]["shape"], np.float32)}, deterministic=False).shape == (
+        ACTION_DIM,)

@@ -55,3 +55,12 @@ def test_logger_widens_csv_and_truncates_on_resume(tmp_path):
     resumed.log("train", 3, {"a": 30.0})
     rows = list(csv.DictReader((tmp_path / "train.csv").open()))
     assert [r["a"] for r in rows] == ["1.0", "2.0", "30.0"]
+
+
+def test_resave_same_step_and_broken_latest_fall_back(tmp_path):
+    save_checkpoint(tmp_path, 5, {"x": torch.zeros(1)}, {})
+    save_checkpoint(tmp_path, 9, {"x": torch.ones(1)}, {})
+    save_checkpoint(tmp_path, 9, {"x": torch.full((1,), 2.0)}, {})  # same step again: replaced, never missing
+    assert load_checkpoint(tmp_path)[0]["x"].item() == 2.0
+    (tmp_path / "checkpoints" / "latest").write_text("step_000000099\n")  # names a folder that is gone
+    assert find_checkpoint(tmp_path).name == "step_000000009"

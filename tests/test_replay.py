@@ -85,3 +85,24 @@ def test_mixed_sampler_ratios():
     assert int((proportional["obs"]["state"][:, 0] < 100).sum()) == 30  # 3 of 12 transitions are offline
     with pytest.raises(UserError, match="mixing_ratio"):
         MixedSampler(off, on, 1.5)
+
+
+def test_online_only_sampler_and_offline_extra_keys(tmp_path):
+    transform = RewardTransform()
+    online = ReplayBuffer({"state": SPEC["state"]}, 1, transform)
+    sampler = MixedSampler(None, online, 0.0)
+    assert len(sampler) == 0
+    with pytest.raises(RuntimeError, match="before any"):
+        sampler.sample(4)
+    e = _episode(0, 3, True)
+    online.add_episode({"state": e["obs"]["state"]}, e["action"], e["reward"], e["terminal"])
+    assert sampler.sample(4)["obs"]["state"].shape == (4, 2)
+    # an offline store with an extra camera key mixes with online data of the env's keys only
+    path = tmp_path / "extra.zarr"
+    with DatasetWriter.create(path, SPEC, np.array([-1.0], np.float32), np.array([1.0], np.float32), task="t",
+                              control_freq=10.0, reward_success=1.0, reward_failure=0.0, source={}) as w:
+        w.add_episode(observations=e["obs"], actions=e["action"], rewards=e["reward"], terminals=e["terminal"],
+                      truncations=e["truncated"])
+    offline = ReplayBuffer.from_dataset(ZarrDataset(path), transform, keys={"state"})
+    batch = MixedSampler(offline, online, 0.5).sample(6)
+    assert set(batch["obs"]) == {"state"} and batch["obs"]["state"].shape == (6, 2)

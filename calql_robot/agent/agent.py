@@ -201,7 +201,11 @@ class CalQLAgent:
             self.log_alpha.copy_(tensors["log_alpha"])
             self.log_alpha_prime.copy_(tensors["log_alpha_prime"])
         self.step = tensors["step"].detach().clone().to(torch.int64).cpu()
-        self.generator.set_state(tensors["rng_state"].detach().cpu().to(torch.uint8))
+        rng_state = tensors["rng_state"].detach().cpu().to(torch.uint8)
+        if rng_state.numel() == self.generator.get_state().numel():
+            self.generator.set_state(rng_state)
+        else:  # saved on another device type (CPU and CUDA generator states differ): derive a seed from it
+            self.generator.manual_seed(int.from_bytes(rng_state[:8].numpy().tobytes(), "little") % 2**62)
 
     def state_dict_meta(self) -> dict[str, Any]:
         """JSON-able facts that go beside the tensors: the config, obs spec, action dim and step."""

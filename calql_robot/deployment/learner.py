@@ -90,7 +90,8 @@ class BackgroundLearner:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._drain()
+        if not self._thread.is_alive():  # never touch the buffer while the learner thread may still sample it
+            self._drain()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -123,7 +124,7 @@ class BackgroundLearner:
 
     def _may_update(self) -> bool:
         n_online = len(self.online)
-        if n_online < self.min_online:
+        if n_online < self.min_online or len(self.sampler) == 0:
             return False
         return self.max_utd is None or self.updates < self.max_utd * n_online
 

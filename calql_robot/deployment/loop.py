@@ -73,7 +73,8 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print(f"resuming deployment from {own_ckpt} at episode {counters['episodes']}")
     store = OnlineStore(run_dir / "online.zarr", obs_spec, env.action_space, cfg.task, source_kind="deploy")
     store.load_into(online, counters)  # episodes stored after the last checkpoint are kept and counted once
-    logger = MetricsLogger(run_dir, resume_step=counters["episodes"] if own_ckpt is not None else None)
+    resumed = own_ckpt is not None or counters["episodes"] > 0
+    logger = MetricsLogger(run_dir, resume_step=counters["episodes"] if resumed else None)
 
     def save() -> None:
         with learner.paused():

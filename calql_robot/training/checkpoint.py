@@ -67,9 +67,14 @@ def save_checkpoint(
     all_tensors = {k: v.detach().to("cpu").contiguous() for k, v in {**tensors, **rng_tensors}.items()}
     save_file(all_tensors, str(tmp / TENSORS_FILE))
     (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "rng": rng_meta}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
+    previous = None
+    if final.exists():  # the same step saved again: keep the old copy until the new one is in place
+        previous = ckpt_root / f".old_step_{step:09d}_{os.getpid()}"
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(final, previous)
     os.replace(tmp, final)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     latest_tmp = ckpt_root / f".latest_{os.getpid()}"
     latest_tmp.write_text(final.name + "\n")
     os.replace(latest_tmp, ckpt_root / "latest")
@@ -90,8 +95,12 @@ def find_checkpoint(path: str | Path) -> Path | None:
         latest = root / "latest"
         if latest.is_file():
             candidate = root / latest.read_text().strip()
-            if (candidate / TENSORS_FILE).is_file():
+            if (candidate / TENSORS_FILE).is_file() and (candidate / STATE_FILE).is_file():
                 return candidate
+        # no usable 'latest' (e.g. a crash while a step was re-saved): the newest complete step folder
+        complete = sorted(p for p in root.glob("step_*") if (p / TENSORS_FILE).is_file() and (p / STATE_FILE).is_file())
+        if complete:
+            return complete[-1]
     return None
 
 

@@ -25,7 +25,7 @@ def load_offline_buffer(cfg: DictConfig, path: Path, env_obs_spec: dict[str, Any
     cache_mb = OmegaConf.select(cfg, "data.cache_mb", default=1024)
     dataset = ZarrDataset(path, lazy=lazy, **({"cache_bytes": int(cache_mb) * 2**20} if lazy else {}))
     session.check_obs_spec(dataset.obs_spec, env_obs_spec, path, cfg.task.name)
-    buffer = ReplayBuffer.from_dataset(dataset, RewardTransform.from_task(cfg.task))
+    buffer = ReplayBuffer.from_dataset(dataset, RewardTransform.from_task(cfg.task), keys=set(env_obs_spec))
     print(f"offline data: {path} ({dataset.n_episodes} episodes, {dataset.n_transitions} transitions, "
           f"{'lazy' if lazy else f'{buffer.bytes_per_transition() / 1024:.1f} KiB/transition in RAM'})")
     return dataset, buffer

@@ -75,7 +75,8 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         print(f"fine-tuning from {cfg.checkpoint}")
     store.load_into(online, counters)  # episodes stored after the last checkpoint are kept and counted once
-    logger = MetricsLogger(run_dir, resume_step=counters["env_steps"] if own_ckpt is not None else None)
+    resumed = own_ckpt is not None or counters["episodes"] > 0
+    logger = MetricsLogger(run_dir, resume_step=counters["env_steps"] if resumed else None)
 
     def save() -> None:
         state = {"phase": "finetune", "dataset": str(dataset.resolve()), "counters": counters,
@@ -85,7 +86,7 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     total, eval_every = int(fcfg.env_steps), int(cfg.eval.every)
     last_eval: dict[str, Any] = {}
-    if own_ckpt is None and eval_every > 0:
+    if not resumed and eval_every > 0:
         last_eval = session.evaluate_and_log(agent, eval_env, cfg, run_dir, 0, logger, "finetune")
         print(f"before fine-tuning: eval success {last_eval['success_rate']:.2f}")
     bar = tqdm(total=total, initial=counters["env_steps"], desc=f"finetune {cfg.task.name} [{cfg.agent.variant}]",
@@ -100,7 +101,7 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         recorder.step(obs, action, reward, terminated, truncated, bool(info.get("success", False)))
         counters["env_steps"] += 1
         bar.update(1)
-        for _ in range(int(fcfg.utd)):
+        for _ in range(int(fcfg.utd) if len(sampler) > 0 else 0):  # online-only: none before the 1st episode
             metrics = agent.update(batch_to_torch(sampler.sample(int(fcfg.batch_size)), device))
             counters["updates"] += 1
         step = counters["env_steps"]

@@ -101,10 +101,14 @@ class ReplayBuffer:
 
     # ----------------------------------------------------------------------------------------------- filling
     @classmethod
-    def from_dataset(cls, dataset: Any, transform: RewardTransform) -> ReplayBuffer:
-        """Load every transition of a ZarrDataset (in RAM or lazy); MC returns computed over whole episodes."""
+    def from_dataset(cls, dataset: Any, transform: RewardTransform, keys: Any = None) -> ReplayBuffer:
+        """Load every transition of a ZarrDataset (in RAM or lazy); MC returns computed over whole episodes.
+
+        ``keys`` limits the observation keys (e.g. to those the task's environment produces); default: all.
+        """
         arrays = dataset.arrays()
-        buf = cls(dataset.obs_spec, dataset.action_dim, transform)
+        spec = {k: v for k, v in dataset.obs_spec.items() if keys is None or k in keys}
+        buf = cls(spec, dataset.action_dim, transform)
         ends = np.asarray(dataset.episode_ends, dtype=np.int64)
         n = int(ends[-1]) if len(ends) else 0
         reward_raw = np.asarray(arrays["reward"][:n], dtype=np.float32)
@@ -127,9 +131,9 @@ class ReplayBuffer:
         buf._mc_return.extend(returns.astype(np.float32))
         buf.n_episodes = len(ends)
         if getattr(dataset, "lazy", False):
-            buf._external = {k: (arrays["obs"][k], arrays["final_obs"][k], n) for k in dataset.obs_spec}
+            buf._external = {k: (arrays["obs"][k], arrays["final_obs"][k], n) for k in spec}
         else:
-            for k in dataset.obs_spec:
+            for k in spec:
                 buf._frames[k].extend(np.asarray(arrays["obs"][k][:n]))
                 buf._frames[k].extend(np.asarray(arrays["final_obs"][k]))
         return buf
@@ -229,6 +233,10 @@ class MixedSampler:
         self.offline, self.online, self.mixing_ratio = offline, online, mixing_ratio
         self.rng = np.random.default_rng(seed)
 
+    def __len__(self) -> int:
+        """Transitions available to sample from, offline and online together."""
+        return sum(len(b) for b in (self.offline, self.online) if b is not None)
+
     def _offline_count(self, batch_size: int) -> int:
         n_off = len(self.offline) if self.offline is not None else 0
         n_on = len(self.online) if self.online is not None else 0
@@ -241,6 +249,8 @@ class MixedSampler:
 
     def sample(self, batch_size: int) -> dict[str, Any]:
         """A numpy batch of batch_size transitions (see :meth:`ReplayBuffer.get`)."""
+        if len(self) == 0:
+            raise RuntimeError("cannot sample a batch before any offline or online transition exists")
         n_off = self._offline_count(batch_size)
         parts = []
         if n_off > 0:
