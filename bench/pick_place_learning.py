@@ -10,13 +10,15 @@ Everything goes through the real apps as subprocesses:
 Then it reads ``finetune/eval.csv`` (step 0 = the pre-trained policy) and ``finetune/episode.csv`` and prints per
 method (metrics of bench/learning_report.py): success before fine-tuning, the lowest eval success in the first
 ``--dip-fraction`` of fine-tuning, final success, regret rate and the cumulative regret (failed online episodes,
-the last ``cumulative_regret`` of episode.csv). It writes OUT/summary.json and the plot ``--plot``
-(default docs/pick_place_learning.png).
+the last ``cumulative_regret`` of episode.csv). It writes OUT/summary.json, the success plot ``--plot``
+(default docs/pick_place_learning.png) and beside it ``*_q.png``: mean Q on dataset actions against the mean
+Monte-Carlo return of the training batches, pre-training then fine-tuning.
 
 Example (the run in docs/results.md)::
 
     .venv/bin/python bench/pick_place_learning.py --out /tmp/ppl/bench --image-size 32 --episodes 100 \\
-        --pretrain-steps 1000 --batch-size 64 --finetune-steps 1000 --eval-every 250 --eval-episodes 10
+        --pretrain-steps 1500 --pretrain-eval-every 750 --batch-size 64 --finetune-steps 1500 --eval-every 250 \\
+        --eval-episodes 10 --jobs 2
 
 Re-running with the same ``--out`` reuses the dataset and resumes or reuses the runs.
 """
