@@ -79,6 +79,23 @@ def test_both_rewards_label_overrides_env() -> None:
     env.close()
 
 
+def test_both_failure_label_overrides_robot_success() -> None:
+    """Robot reports success, the human says failure: reward, success and failure all follow the label."""
+    env, robot = point_env([RESET_DONE], reward_source="both")
+    obs, _ = env.reset()
+    for _ in range(env.horizon):  # reach the goal without a label first: the robot's success decides
+        obs, reward, terminated, truncated, info = env.step(toward_goal(obs, robot.goal))
+        if terminated or truncated:
+            break
+    assert info["success"] and reward == 1.0 and terminated
+    env.events = human.ScriptedEvents([RESET_DONE, {"step": 0, "event": "failure"}])
+    obs, _ = env.reset()
+    robot.goal = robot.position()  # the robot already sits on its goal: it reports success on the first step
+    _, reward, terminated, _, info = env.step(np.zeros(4, np.float32))
+    assert info["label"] == "failure" and not info["success"] and info["failure"] and reward == 0.0 and terminated
+    env.close()
+
+
 def test_env_source_ignores_labels_for_reward_but_cuts_episode() -> None:
     env, _ = point_env([RESET_DONE, {"step": 1, "event": "success"}], reward_source="env")
     env.reset()

@@ -165,16 +165,16 @@ class RobotEnv(gym.Env):
                             "cannot work; use reward_source=human (labels from the terminal or a script)")
         labels_count = self.reward_source != "env"
         env_success = bool(signal.success) if self.reward_source != "human" else False
-        human_success = labels_count and label == human.SUCCESS
-        success = env_success or human_success
-        failure = labels_count and label == human.FAILURE and not success
+        labelled = labels_count and label in (human.SUCCESS, human.FAILURE)
+        success = (label == human.SUCCESS) if labelled else env_success  # a label decides, as it does the reward
+        failure = labelled and label == human.FAILURE
         if self.reward_source == "env" or (self.reward_source == "both" and label is None):
             reward = float(signal.reward)  # type: ignore[arg-type]
         else:
             reward = self.reward_success if label == human.SUCCESS else self.reward_failure
 
         estop_latched = estop is not None and estop.latched
-        terminated = bool((env_success and self.terminate_on_success) or human_success or failure)
+        terminated = bool(labelled or (success and self.terminate_on_success))
         ignored_label = label is not None and not labels_count
         cut = self.step_count >= self.horizon or self.aborted or estop_latched or ignored_label
         truncated = bool(not terminated and cut)
