@@ -5,8 +5,8 @@ observation, ask the event source for labels / pause / abort / e-stop, compute t
 
     reward_source = "env":   robot.task_signal().reward (simulation, reward classifier); success from the robot
     reward_source = "human": reward_success on a success label, reward_failure otherwise
-    reward_source = "both":  a label, when given, decides the reward; otherwise the robot's reward. Success is the
-                             robot's success or a success label.
+    reward_source = "both":  a label, when given, decides the reward and success/failure; otherwise the robot's
+                             reward and success.
 
 A success label, a failure label or (with ``terminate_on_success``) the robot's success set ``terminated``; the
 horizon, an abort, a latched e-stop, or (with reward_source="env", where labels do not count) a label set
