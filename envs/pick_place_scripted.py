@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from calql_robot.datasets.episode_recorder import EpisodeRecorder
 from calql_robot.envs.pick_place import PickPlaceEnv, make_pick_place_env
 
 MODES = ("full", "grasp_only", "drop", "miss")
@@ -145,29 +146,14 @@ def run_episode(env: PickPlaceEnv, mode: str, seed: int, action_noise: float = 0
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     policy = ScriptedPickPlace(env, mode, rng, action_noise=action_noise)
-    frames: dict[str, list[np.ndarray]] = {key: [value] for key, value in obs.items()}
-    actions, rewards, terminals, truncations = [], [], [], []
-    success = False
+    recorder = EpisodeRecorder()
+    recorder.start(obs)
     while True:
         action = policy.act(obs["robot_state"])
         obs, reward, terminated, truncated, info = env.step(action)
-        for key, value in obs.items():
-            frames[key].append(value)
-        actions.append(action)
-        rewards.append(reward)
-        terminals.append(terminated)
-        truncations.append(truncated)
-        success = success or bool(info["success"])
+        recorder.step(obs, action, reward, terminated, truncated, bool(info["success"]))
         if terminated or truncated:
-            break
-    return {
-        "observations": {key: np.stack(values) for key, values in frames.items()},
-        "actions": np.stack(actions).astype(np.float32),
-        "rewards": np.asarray(rewards, dtype=np.float32),
-        "terminals": np.asarray(terminals, dtype=bool),
-        "truncations": np.asarray(truncations, dtype=bool),
-        "success": success,
-    }
+            return recorder.finish()
 
 
 def generate_dataset(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from calql_robot.datasets.episode_recorder import EpisodeRecorder
 from calql_robot.envs.pointmaze import STATE_KEY, PointMazeTaskEnv, free_cells, make_pointmaze_env, shortest_cell_path
 
 KP, KD = 2.0, 0.4  # PD gains on (cell centre - position) and velocity; tuned for action_repeat 4 (see tests)
@@ -76,20 +77,15 @@ def rollout(env: PointMazeTaskEnv, act: Callable[[np.ndarray, int], np.ndarray],
             options: dict[str, Any] | None) -> dict[str, Any]:
     """One episode: ``observations {"state": (N+1, 6)}``, ``actions (N, 2)``, ``rewards/terminals/truncations (N,)``."""
     obs, _ = env.reset(seed=seed, options=options)
-    states, actions, rewards, terminals, truncations = [obs[STATE_KEY]], [], [], [], []
+    recorder = EpisodeRecorder()
+    recorder.start({STATE_KEY: obs[STATE_KEY]})
     for t in range(env.horizon):
         action = act(obs[STATE_KEY], t)
-        obs, reward, terminated, truncated, _ = env.step(action)
-        states.append(obs[STATE_KEY])
-        actions.append(action)
-        rewards.append(reward)
-        terminals.append(terminated)
-        truncations.append(truncated)
+        obs, reward, terminated, truncated, info = env.step(action)
+        recorder.step({STATE_KEY: obs[STATE_KEY]}, action, reward, terminated, truncated, bool(info["success"]))
         if terminated or truncated:
             break
-    return {"observations": {STATE_KEY: np.stack(states)}, "actions": np.stack(actions).astype(np.float32),
-            "rewards": np.asarray(rewards, np.float32), "terminals": np.asarray(terminals, bool),
-            "truncations": np.asarray(truncations, bool)}
+    return recorder.finish()
 
 
 def write_scripted_dataset(path: str | Path, episodes: int, seed: int, noise: float = 0.5,

@@ -22,6 +22,8 @@ import numpy as np
 from gymnasium import spaces
 from tqdm import tqdm
 
+from calql_robot.datasets.episode_recorder import EpisodeRecorder
+
 STATE_KEY = "state"
 
 
@@ -132,29 +134,17 @@ def rollout_episode(
     obs, _info = env.reset(seed=seed)
     if after_reset is not None:
         obs = after_reset() or obs
-    states, actions, rewards, terminals, truncations = [obs[STATE_KEY]], [], [], [], []
-    success = False
+    recorder = EpisodeRecorder()
+    recorder.start({STATE_KEY: obs[STATE_KEY]})
     limit = env.horizon if max_steps is None else min(env.horizon, int(max_steps))
     for t in range(limit):
         action = act(obs)
         obs, reward, terminated, truncated, info = env.step(action)
         truncated = truncated or (t + 1 == limit and not terminated)
-        states.append(obs[STATE_KEY])
-        actions.append(action)
-        rewards.append(reward)
-        terminals.append(terminated)
-        truncations.append(truncated)
-        success = success or bool(info["success"])
+        recorder.step({STATE_KEY: obs[STATE_KEY]}, action, reward, terminated, truncated, bool(info["success"]))
         if terminated or truncated:
             break
-    return {
-        "observations": {STATE_KEY: np.stack(states).astype(np.float32)},
-        "actions": np.stack(actions).astype(np.float32),
-        "rewards": np.asarray(rewards, dtype=np.float32),
-        "terminals": np.asarray(terminals, dtype=bool),
-        "truncations": np.asarray(truncations, dtype=bool),
-        "success": success,
-    }
+    return recorder.finish()
 
 
 def write_generated_dataset(

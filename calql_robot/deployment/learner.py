@@ -100,7 +100,7 @@ class BackgroundLearner:
             yield
 
     def add_episode(self, episode: Mapping[str, Any]) -> None:
-        """Queue a finished episode (obs (N+1, ...), action, reward, terminal) for the online buffer."""
+        """Queue a finished episode (an EpisodeRecorder.finish() dict) for the online buffer."""
         self._incoming.put(episode)
 
     def sync(self, policy: PolicySnapshot) -> bool:
@@ -120,7 +120,7 @@ class BackgroundLearner:
                 ep = self._incoming.get_nowait()
             except queue.Empty:
                 return
-            self.online.add_episode(ep["obs"], ep["action"], ep["reward"], ep["terminal"])
+            self.online.add_episode(ep["observations"], ep["actions"], ep["rewards"], ep["terminals"])
 
     def _may_update(self) -> bool:
         n_online = len(self.online)

@@ -113,14 +113,14 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             store.append(episode)  # the commit point: from here on a crash keeps this episode
             learner.add_episode(episode)
             counters["episodes"] += 1
-            counters["env_steps"] += len(episode["action"])
+            counters["env_steps"] += len(episode["actions"])
             counters["successes"] += int(episode["success"])
             counters["overruns"] += int(info["overruns"])
             counters["safety_events"] += n_events
-            steps_per_s = len(episode["action"]) / max(time.perf_counter() - t_start, 1e-9)
+            steps_per_s = len(episode["actions"]) / max(time.perf_counter() - t_start, 1e-9)
             logger.log("episode", counters["episodes"], {
-                "return": float(np.sum(episode["reward"])), "success": float(episode["success"]),
-                "length": len(episode["action"]), "success_rate": counters["successes"] / counters["episodes"],
+                "return": float(np.sum(episode["rewards"])), "success": float(episode["success"]),
+                "length": len(episode["actions"]), "success_rate": counters["successes"] / counters["episodes"],
                 "overruns": int(info["overruns"]), "safety_events": n_events, "steps_per_s": steps_per_s,
                 "learner_updates": learner.updates, "policy_version": policy.version})
             if learner.metrics:

@@ -1,4 +1,4 @@
-"""Collecting online episodes step by step, and keeping them in the run's zarr store (complete episodes only)."""
+"""The run's online zarr store: finished episodes appended as they end (complete episodes only)."""
 
 from __future__ import annotations
 
@@ -9,49 +9,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from calql_robot.datasets.episode_recorder import EpisodeRecorder, writer_fields
 from calql_robot.training.replay import ReplayBuffer
 
-
-class EpisodeRecorder:
-    """Accumulates one episode: N+1 observations, N actions, rewards, terminal and truncated flags."""
-
-    def __init__(self) -> None:
-        self.obs: list[Mapping[str, np.ndarray]] = []
-        self.actions: list[np.ndarray] = []
-        self.rewards: list[float] = []
-        self.terminals: list[bool] = []
-        self.truncations: list[bool] = []
-        self.success = False
-
-    def start(self, obs: Mapping[str, np.ndarray]) -> None:
-        self.__init__()
-        self.obs.append({k: np.array(v) for k, v in obs.items()})
-
-    def step(self, next_obs: Mapping[str, np.ndarray], action: np.ndarray, reward: float, terminated: bool,
-             truncated: bool, success: bool) -> None:
-        self.obs.append({k: np.array(v) for k, v in next_obs.items()})
-        self.actions.append(np.asarray(action, dtype=np.float32))
-        self.rewards.append(float(reward))
-        self.terminals.append(bool(terminated))
-        self.truncations.append(bool(truncated))
-        self.success = self.success or success
-
-    def __len__(self) -> int:
-        return len(self.actions)
-
-    def finish(self) -> dict[str, Any]:
-        """The episode as arrays; an episode cut by the end of the run is marked truncated at its last step."""
-        truncations = list(self.truncations)
-        if truncations and not (self.terminals[-1] or truncations[-1]):
-            truncations[-1] = True
-        return {
-            "obs": {k: np.stack([o[k] for o in self.obs]) for k in self.obs[0]},
-            "action": np.stack(self.actions).astype(np.float32),
-            "reward": np.asarray(self.rewards, dtype=np.float32),
-            "terminal": np.asarray(self.terminals, dtype=bool),
-            "truncated": np.asarray(truncations, dtype=bool),
-            "success": bool(self.success),
-        }
+__all__ = ["EpisodeRecorder", "OnlineStore"]
 
 
 class OnlineStore:
@@ -75,8 +36,7 @@ class OnlineStore:
             )
 
     def append(self, episode: Mapping[str, Any]) -> None:
-        self.writer.add_episode(observations=episode["obs"], actions=episode["action"], rewards=episode["reward"],
-                                terminals=episode["terminal"], truncations=episode["truncated"])
+        self.writer.add_episode(**writer_fields(episode))
 
     def load_into(self, buffer: ReplayBuffer, counters: dict[str, int]) -> None:
         """Add every stored episode to ``buffer``; count those past ``counters["episodes"]`` into ``counters``.

@@ -109,13 +109,13 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             logger.log("train", step, {**metrics, "env_steps_per_s": step / max(time.perf_counter() - t0, 1e-9)})
         if terminated or truncated or step >= total:
             episode = recorder.finish()
-            online.add_episode(episode["obs"], episode["action"], episode["reward"], episode["terminal"])
+            online.add_episode(episode["observations"], episode["actions"], episode["rewards"], episode["terminals"])
             store.append(episode)
             counters["episodes"] += 1
             counters["successes"] += int(episode["success"])
             regret = counters["episodes"] - counters["successes"]
-            logger.log("episode", step, {"return": float(np.sum(episode["reward"])), "success": episode["success"],
-                                         "length": len(episode["action"]), "cumulative_regret": regret,
+            logger.log("episode", step, {"return": float(np.sum(episode["rewards"])), "success": episode["success"],
+                                         "length": len(episode["actions"]), "cumulative_regret": regret,
                                          "regret_rate": regret / counters["episodes"]})
             bar.set_postfix(ep=counters["episodes"], succ=f"{counters['successes'] / counters['episodes']:.2f}",
                             refresh=False)
