@@ -19,11 +19,10 @@ from tqdm import tqdm
 from calql_robot.deployment.learner import BackgroundLearner, PolicySnapshot
 from calql_robot.errors import UserError
 from calql_robot.training import session
-from calql_robot.training.checkpoint import find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from calql_robot.training.checkpoint import find_checkpoint, restore_rng_state, save_checkpoint
 from calql_robot.training.episodes import EpisodeRecorder, OnlineStore
 from calql_robot.training.logger import MetricsLogger
 from calql_robot.training.offline import load_offline_buffer
-from calql_robot.training.online import agent_cfg_for_finetune
 from calql_robot.training.replay import ReplayBuffer, RewardTransform
 
 
@@ -43,15 +42,10 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from calql_robot.agent import build_agent
 
     dcfg = cfg.deploy
-    own_ckpt = find_checkpoint(run_dir)
-    if own_ckpt is None and not cfg.get("checkpoint"):
+    if find_checkpoint(run_dir) is None and not cfg.get("checkpoint"):
         raise UserError("deploy needs checkpoint=PATH (a pretrain or finetune run directory) for its first run")
-    tensors, state = load_checkpoint(own_ckpt or cfg.checkpoint)
-    cfg = agent_cfg_for_finetune(cfg, state)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the agent actually used
-    device = session.resolve_device(cfg.device)
-    session.set_threads(cfg.get("threads"))
-    session.seed_everything(int(cfg.seed))
+    cfg, own_ckpt, tensors, state = session.continue_from_checkpoint(cfg, run_dir, cfg.get("checkpoint"))
+    device = session.setup_torch(cfg)
     env = _make_env(cfg)
     obs_spec, action_dim = dict(env.obs_spec), int(env.action_space.shape[0])
     dataset = cfg.dataset or state.get("dataset")

@@ -38,9 +38,7 @@ def run_pretrain(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from calql_robot.envs import make_task_env
 
     pcfg = cfg.pretrain
-    device = session.resolve_device(cfg.device)
-    session.set_threads(cfg.get("threads"))
-    session.seed_everything(int(cfg.seed))
+    device = session.setup_torch(cfg)
     path = session.ensure_dataset(cfg)
     env = make_task_env(cfg.task, seed=int(cfg.seed), render=bool(cfg.eval.video))
     env_spec = obs_spec_from_space(env.observation_space)

@@ -17,24 +17,12 @@ from tqdm import tqdm
 
 from calql_robot.errors import UserError
 from calql_robot.training import session
-from calql_robot.training.checkpoint import find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from calql_robot.training.checkpoint import find_checkpoint, restore_rng_state, save_checkpoint
 from calql_robot.training.episodes import EpisodeRecorder, OnlineStore
 from calql_robot.training.logger import MetricsLogger
 from calql_robot.training.offline import load_offline_buffer
 from calql_robot.training.plots import plot_run
 from calql_robot.training.replay import MixedSampler, ReplayBuffer, RewardTransform, batch_to_torch
-
-
-def agent_cfg_for_finetune(cfg: DictConfig, pre_state: dict[str, Any]) -> DictConfig:
-    """The pre-training run's agent config unless the command line overrides the agent."""
-    from hydra.core.hydra_config import HydraConfig
-
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    if any(o.lstrip("+~").startswith("agent") for o in overrides) or "config" not in pre_state:
-        return cfg
-    merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    merged.agent = OmegaConf.create(pre_state["config"]["agent"])
-    return merged
 
 
 def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -46,13 +34,8 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if not cfg.get("checkpoint"):
         raise UserError("finetune needs checkpoint=PATH: a pretrain run directory or one of its checkpoint folders")
     fcfg = cfg.finetune
-    own_ckpt = find_checkpoint(run_dir)
-    pre_tensors, pre_state = load_checkpoint(own_ckpt or cfg.checkpoint)
-    cfg = agent_cfg_for_finetune(cfg, pre_state)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the agent actually used
-    device = session.resolve_device(cfg.device)
-    session.set_threads(cfg.get("threads"))
-    session.seed_everything(int(cfg.seed))
+    cfg, own_ckpt, pre_tensors, pre_state = session.continue_from_checkpoint(cfg, run_dir, cfg.checkpoint)
+    device = session.setup_torch(cfg)
     env = make_task_env(cfg.task, seed=int(cfg.seed))
     eval_env = make_task_env(cfg.task, seed=int(cfg.seed) + 1, render=bool(cfg.eval.video))
     env_spec = obs_spec_from_space(env.observation_space)

@@ -40,6 +40,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def setup_torch(cfg: DictConfig) -> torch.device:
+    """Device (``cfg.device``), CPU threads (``cfg.threads``) and seeds (``cfg.seed``) of a run; returns the device."""
+    device = resolve_device(cfg.device)
+    set_threads(cfg.get("threads"))
+    seed_everything(int(cfg.seed))
+    return device
+
+
+def agent_cfg_for_finetune(cfg: DictConfig, pre_state: dict[str, Any]) -> DictConfig:
+    """The pre-training run's agent config unless the command line overrides the agent."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    if any(o.lstrip("+~").startswith("agent") for o in overrides) or "config" not in pre_state:
+        return cfg
+    merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    merged.agent = OmegaConf.create(pre_state["config"]["agent"])
+    return merged
+
+
+def continue_from_checkpoint(cfg: DictConfig, run_dir: Path, source: Any) -> tuple[DictConfig, Path | None, Any, Any]:
+    """Load the run's own newest checkpoint (resume) or else ``source`` (a run to start from).
+
+    Returns (cfg with the checkpoint's agent unless the command line overrides it, the run's own checkpoint or None,
+    tensors, state) and saves that cfg as ``run_dir/config.yaml``.
+    """
+    from calql_robot.training.checkpoint import find_checkpoint, load_checkpoint
+
+    own_ckpt = find_checkpoint(run_dir)
+    tensors, state = load_checkpoint(own_ckpt or source)
+    cfg = agent_cfg_for_finetune(cfg, state)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the agent actually used
+    return cfg, own_ckpt, tensors, state
+
+
 def dataset_path(cfg: DictConfig) -> Path:
     """The offline dataset of a run: ``dataset=PATH`` if given, else the task's default ``task.dataset.path``."""
     path = cfg.get("dataset") or OmegaConf.select(cfg, "task.dataset.path")
