@@ -15,6 +15,8 @@ Accepted keys of the ``encoder:`` block (every one optional; see docs/encoders.m
 * ``resnet_norm``: ``group`` (GroupNorm, default) | ``frozen_batch`` (fixed BatchNorm statistics, for
   pretrained weights) | ``batch`` (plain BatchNorm, not recommended in RL).
 * ``resnet_resize``: resize images to this side before ResNet-18 (e.g. 224); ``null`` keeps the native size.
+* ``normalize``: standardise every low-dim key with the offline dataset's mean and std (computed when pre-training
+  starts, stored in the encoder's buffers and so in every checkpoint); default false (the paper's settings).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class EncoderConfig:
     resnet_weights: str | None = None
     resnet_norm: str = "group"
     resnet_resize: int | None = None
+    normalize: bool = False
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> EncoderConfig:
@@ -94,7 +97,7 @@ class EncoderConfig:
             raise UserError(f"encoder.resnet_resize must be null or an integer >= 32, got {self.resnet_resize!r}")
         if any(not _is_int(h) or h < 1 for h in self.proprio_hidden):
             raise UserError(f"encoder.proprio_hidden must hold positive integers, got {list(self.proprio_hidden)}")
-        for key in ("share_cameras", "layer_norm"):
+        for key in ("share_cameras", "layer_norm", "normalize"):
             if not isinstance(getattr(self, key), bool):
                 raise UserError(f"encoder.{key} must be true or false, got {getattr(self, key)!r}")
 

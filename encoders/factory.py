@@ -29,7 +29,7 @@ def build_encoder(cfg: Mapping[str, Any] | None, obs_spec: Mapping[str, Mapping[
         if rgb_keys:
             raise UserError(f"encoder.name=low_dim cannot encode the image key(s) {rgb_keys}; use auto, conv or "
                             "resnet18, or drop the image keys from the task")
-        return LowDimEncoder(obs_spec)
+        return LowDimEncoder(obs_spec, normalize=options.normalize)
     if not rgb_keys:
         raise UserError(f"encoder.name={name} needs at least one rgb observation, but the obs spec has only low-dim "
                         f"keys {low_dim_keys}; use encoder.name=auto or low_dim")

@@ -16,6 +16,7 @@ from torch import nn
 from calql_robot.encoders.augment import random_shift
 from calql_robot.encoders.camera import CameraEncoder
 from calql_robot.encoders.config import EncoderConfig
+from calql_robot.encoders.normalize import LowDimNormalizer
 from calql_robot.errors import UserError
 
 
@@ -51,6 +52,7 @@ class FusionEncoder(nn.Module):
             self.cameras = nn.ModuleDict({k: CameraEncoder(trunk, *self.image_shapes[k], cfg) for k in rgb_keys})
         low_dim_size = sum(math.prod(obs_spec[k]["shape"]) for k in low_dim_keys)
         self.proprio, proprio_dim = make_mlp(low_dim_size, cfg.proprio_hidden) if low_dim_keys else (None, 0)
+        self.normalizer = LowDimNormalizer(obs_spec, low_dim_keys) if cfg.normalize and low_dim_keys else None
         self.out_dim = len(rgb_keys) * cfg.feature_dim + proprio_dim
 
     def _check_image(self, key: str, images: torch.Tensor) -> None:
@@ -74,5 +76,7 @@ class FusionEncoder(nn.Module):
             parts = [self.cameras[k](images[k]) for k in self.rgb_keys]
         if self.proprio is not None:
             low_dim = [obs[k].reshape(obs[k].shape[0], -1).float() for k in self.low_dim_keys]
+            if self.normalizer is not None:
+                low_dim = [self.normalizer(k, part) for k, part in zip(self.low_dim_keys, low_dim)]
             parts.append(self.proprio(low_dim[0] if len(low_dim) == 1 else torch.cat(low_dim, dim=-1)))
         return torch.cat(parts, dim=-1)

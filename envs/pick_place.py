@@ -13,6 +13,11 @@ Observations (``gymnasium.spaces.Dict``):
 - ``robot_state``: (5,) float32 = end-effector position in metres (world frame, 3) + the two gripper finger
   joint positions (2).
 
+With ``observation="state"`` (the ``pick_place_state`` task, a diagnostic twin) no camera is rendered and the
+images are replaced by ``object_state``: (10,) float32 = cube centre position (3, metres, world frame), cube
+orientation quaternion (w, x, y, z) (4) and cube position minus end-effector position (3). Scene, dynamics, reward,
+success rule and horizon are the same, so a scripted dataset made with the same seed holds the same episodes.
+
 Actions: ``Box(-1, 1, (4,))`` for the default ``OSC_POSITION`` controller: (dx, dy, dz) end-effector position
 deltas where 1.0 means a 5 cm target offset per control step (robosuite's ``output_max`` 0.05), orientation held
 fixed, and the gripper command (-1 open, +1 close).
@@ -44,6 +49,8 @@ WRIST_CAMERA_NAME = "robot0_eye_in_hand"
 IMAGE_KEY = "agentview_rgb"
 WRIST_KEY = "eye_in_hand_rgb"
 STATE_KEY = "robot_state"
+OBJECT_KEY = "object_state"
+OBSERVATIONS = ("image", "state")
 # robosuite geom groups: 0 collision (not drawn), 1 visual (drawn); MuJoCo does not draw group 3 by default
 COLLISION_GROUP, VISUAL_GROUP, HIDDEN_GROUP = 0, 1, 3
 LOW_POLY_PREFIXES = ("robot0_", "fixed_mount0_")
@@ -76,12 +83,14 @@ def _use_low_poly_robot(model: mujoco.MjModel) -> None:
 
 
 def _check_options(image_size: int, horizon: int, control_freq: float, robot: str, controller: str,
-                   render_mode: str | None, render_size: int) -> None:
+                   render_mode: str | None, render_size: int, observation: str = "image") -> None:
     """Raise UserError naming the pick_place env option (task.env.<key>) that is out of range."""
     from robosuite import ALL_ROBOTS
     from robosuite.controllers import ALL_PART_CONTROLLERS
 
     where = "pick_place env (task.env)"
+    if observation not in OBSERVATIONS:
+        raise UserError(f"{where}: observation must be one of {list(OBSERVATIONS)}, got {observation!r}")
     if int(image_size) < 8 or int(render_size) < 8:
         raise UserError(f"{where}: image_size and render_size must be at least 8 pixels, got {image_size}, "
                         f"{render_size}")
@@ -119,10 +128,12 @@ class PickPlaceEnv(gym.Env):
         initialization_noise: float = 0.02,
         fast_rendering: bool = True,
         seed: int | None = None,
+        observation: str = "image",
     ) -> None:
-        _check_options(image_size, horizon, control_freq, robot, controller, render_mode, render_size)
+        _check_options(image_size, horizon, control_freq, robot, controller, render_mode, render_size, observation)
+        self.observation = observation
         self.image_size = int(image_size)
-        self.wrist_camera = bool(wrist_camera)
+        self.wrist_camera = bool(wrist_camera) and observation == "image"
         self.horizon = int(horizon)
         self.control_freq = float(control_freq)
         self.render_mode = render_mode
@@ -138,9 +149,13 @@ class PickPlaceEnv(gym.Env):
         self._configure_rendering(fast_rendering)
 
         image_space = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
-        spaces: dict[str, gym.Space] = {IMAGE_KEY: image_space}
-        if self.wrist_camera:
-            spaces[WRIST_KEY] = image_space
+        spaces: dict[str, gym.Space] = {}
+        if observation == "image":
+            spaces[IMAGE_KEY] = image_space
+            if self.wrist_camera:
+                spaces[WRIST_KEY] = image_space
+        else:
+            spaces[OBJECT_KEY] = gym.spaces.Box(-np.inf, np.inf, (len(self.object_state()),), np.float32)
         state_dim = len(self.robot_state())  # 5 for the Panda: 3 eef + 2 finger joints (3 + N for N gripper joints)
         spaces[STATE_KEY] = gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
@@ -195,10 +210,22 @@ class PickPlaceEnv(gym.Env):
         fingers = data.qpos[self._robot._ref_gripper_joint_pos_indexes[self._arm]]
         return np.concatenate([eef, fingers]).astype(np.float32)
 
+    def object_state(self) -> np.ndarray:
+        """(10,) float32: cube position (3), quaternion w, x, y, z (4), cube minus end-effector position (3)."""
+        data = self.task.sim.data
+        cube = self.task.cube_pos
+        quat = data.body_xquat[self.task.cube_body_id]
+        eef = data.site_xpos[self._robot.eef_site_id[self._arm]]
+        return np.concatenate([cube, quat, cube - eef]).astype(np.float32)
+
     def _observation(self) -> dict[str, np.ndarray]:
-        obs = {IMAGE_KEY: self._camera_image(CAMERA_NAME, self.image_size)}
-        if self.wrist_camera:
-            obs[WRIST_KEY] = self._camera_image(WRIST_CAMERA_NAME, self.image_size)
+        obs: dict[str, np.ndarray] = {}
+        if self.observation == "image":
+            obs[IMAGE_KEY] = self._camera_image(CAMERA_NAME, self.image_size)
+            if self.wrist_camera:
+                obs[WRIST_KEY] = self._camera_image(WRIST_CAMERA_NAME, self.image_size)
+        else:
+            obs[OBJECT_KEY] = self.object_state()
         obs[STATE_KEY] = self.robot_state()
         return obs
 

@@ -182,12 +182,13 @@ def generate_dataset(
     counts = {mode: [0, 0] for mode in MODES}  # mode -> [episodes, successes]
     source = {"kind": "scripted", "generator": "calql_robot.envs.pick_place_scripted.generate_dataset",
               "seed": int(seed), "mode_probs": dict(zip(MODES, weights.tolist())), "action_noise": action_noise,
-              "horizon": env.horizon, "image_size": env.image_size}
+              "horizon": env.horizon, "image_size": env.image_size, "observation": env.observation}
     try:
         with staged_store(path, overwrite=overwrite) as tmp:
             writer = DatasetWriter.create(
                 tmp, obs_spec_from_space(env.observation_space), env.action_space.low, env.action_space.high,
-                task="pick_place", control_freq=env.control_freq, reward_success=1.0, reward_failure=0.0,
+                task="pick_place" if env.observation == "image" else "pick_place_state",
+                control_freq=env.control_freq, reward_success=1.0, reward_failure=0.0,
                 source=source,
             )
             bar = tqdm(range(int(episodes)), desc="pick_place episodes", unit="ep", disable=not show_progress)

@@ -268,3 +268,25 @@ def test_state_from_another_device_type_loads() -> None:
             assert torch.equal(value, target.state_dict_tensors()[key]), key
     assert target.act({"state": np.zeros(OBS_SPEC["state"]["shape"], np.float32)}, deterministic=False).shape == (
         ACTION_DIM,)
+
+
+def test_critic_value_normalization_sets_scale_and_round_trips() -> None:
+    torch.manual_seed(0)
+    plain = build_agent(agent_cfg("calql"), OBS_SPEC, ACTION_DIM, "cpu")
+    torch.manual_seed(0)
+    normed = build_agent(agent_cfg("calql", critic_value_norm=True), OBS_SPEC, ACTION_DIM, "cpu")
+    assert plain.set_value_normalization(np.array([1.0])) == (0.0, 1.0)  # off: a no-op
+    returns = np.array([-500.0, -100.0, 0.0, 5.0])
+    shift, scale = normed.set_value_normalization(returns)
+    assert shift == pytest.approx(returns.mean()) and scale == pytest.approx(returns.std())
+    batch = make_batch()
+    actions = batch["action"].unsqueeze(0)
+    q_plain = plain.critic(batch["obs"]["state"], actions)
+    torch.testing.assert_close(normed.critic(batch["obs"]["state"], actions), q_plain * scale + shift)
+    torch.testing.assert_close(normed.critic_target(batch["obs"]["state"], actions), q_plain * scale + shift)
+    restored = build_agent(agent_cfg("calql", critic_value_norm=True), OBS_SPEC, ACTION_DIM, "cpu")
+    restored.load_state_dict_tensors(normed.state_dict_tensors())
+    assert float(restored.critic.value_shift) == pytest.approx(shift)
+    assert float(restored.critic_target.value_scale) == pytest.approx(scale)
+    with pytest.raises(UserError, match="finite"):
+        normed.set_value_normalization(np.array([np.nan]))

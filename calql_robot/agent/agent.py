@@ -37,7 +37,8 @@ class CalQLAgent:
         self.encoder = build_encoder(cfg.encoder, obs_spec).to(self.device)
         feature_dim = int(self.encoder.out_dim)
         self.actor = TanhGaussianActor(feature_dim, action_dim, cfg.actor_hidden, cfg.orthogonal_init).to(self.device)
-        self.critic = QEnsemble(feature_dim, action_dim, cfg.critic_hidden, cfg.num_critics, cfg.orthogonal_init)
+        self.critic = QEnsemble(feature_dim, action_dim, cfg.critic_hidden, cfg.num_critics, cfg.orthogonal_init,
+                                cfg.critic_value_norm)
         self.critic.to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=self.device, requires_grad=True)
@@ -149,6 +150,20 @@ class CalQLAgent:
         }  # fmt: skip
         values = torch.stack([value.detach().float().reshape(()) for value in metrics.values()]).tolist()  # one sync
         return dict(zip(metrics, values))
+
+    def set_value_normalization(self, mc_returns: np.ndarray) -> tuple[float, float]:
+        """With ``critic_value_norm``, fix Q = std(G) * net + mean(G) in the critics and their targets from the
+        offline data's Monte-Carlo returns ``mc_returns`` (T,), so the networks learn values of order 1 whatever the
+        reward scale and discount. Returns (shift, scale); a no-op returning (0, 1) when the option is off."""
+        if not self.cfg.critic_value_norm:
+            return 0.0, 1.0
+        returns = np.asarray(mc_returns, dtype=np.float64)
+        if returns.size == 0 or not np.isfinite(returns).all():
+            raise UserError("critic_value_norm needs finite Monte-Carlo returns of at least one transition")
+        shift, scale = float(returns.mean()), max(float(returns.std()), 1.0)
+        for critic in (self.critic, self.critic_target):
+            critic.set_value_normalization(shift, scale)
+        return shift, scale
 
     # ------------------------------------------------------------------ acting
     def act_batch(self, obs: Mapping[str, torch.Tensor], deterministic: bool) -> torch.Tensor:

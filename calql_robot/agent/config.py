@@ -40,6 +40,7 @@ class AgentConfig:
     cql_lagrange_init_log_alpha: float = 1.0
     backup_entropy: bool = False
     orthogonal_init: bool = True
+    critic_value_norm: bool = False
     actor_detach_encoder: bool = True
     cpu_allocator_tuning: bool = True
     encoder: dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "auto"})

@@ -41,8 +41,13 @@ class QEnsemble(nn.Module):
         hidden: Sequence[int],
         n_critics: int = 2,
         orthogonal_init: bool = True,
+        value_norm: bool = False,
     ):
         super().__init__()
+        self.value_norm = bool(value_norm)
+        if self.value_norm:  # Q = value_scale * net(s, a) + value_shift, set from the data's MC returns
+            self.register_buffer("value_scale", torch.ones(()))
+            self.register_buffer("value_shift", torch.zeros(()))
         self.feature_dim, self.action_dim, self.n_critics = feature_dim, action_dim, n_critics
         sizes = [feature_dim + action_dim, *hidden, 1]
         self.weights = nn.ParameterList()
@@ -76,4 +81,14 @@ class QEnsemble(nn.Module):
         for w, b in zip(weights[1:-1], biases[1:-1]):
             x = torch.baddbmm(b, x, w).relu_()
         q = torch.baddbmm(biases[-1], x, weights[-1])  # (C, K*B, 1)
+        if self.value_norm:
+            q = torch.addcmul(self.value_shift, q, self.value_scale)
         return q.view(self.n_critics, n_sets, batch)
+
+    def set_value_normalization(self, shift: float, scale: float) -> None:
+        """Fix the output transform Q = scale * net + shift (``value_norm=True`` only); scale must be positive."""
+        if not self.value_norm or not scale > 0:
+            raise ValueError(f"set_value_normalization needs value_norm=True and scale > 0, got scale {scale}")
+        with torch.no_grad():
+            self.value_shift.fill_(float(shift))
+            self.value_scale.fill_(float(scale))

@@ -42,8 +42,9 @@ def run_pretrain(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     path = session.ensure_dataset(cfg)
     env = make_task_env(cfg.task, seed=int(cfg.seed), render=bool(cfg.eval.video))
     env_spec = obs_spec_from_space(env.observation_space)
-    _, buffer = load_offline_buffer(cfg, path, env_spec)
+    dataset, buffer = load_offline_buffer(cfg, path, env_spec)
     agent = session.build_agent_for(cfg, env_spec, int(env.action_space.shape[0]), device, build_agent)
+    session.fit_to_offline_data(agent, dataset, buffer)  # a resumed run's checkpoint then restores the same values
     sampler = MixedSampler(buffer, None, 1.0, seed=int(cfg.seed))
 
     step = 0

@@ -201,6 +201,11 @@ class ReplayBuffer:
             "mc_return": self._mc_return.view[idx],
         }
 
+    @property
+    def mc_returns(self) -> np.ndarray:
+        """(T,) float32 Monte-Carlo returns-to-go of every transition (read-only view)."""
+        return self._mc_return.view
+
     def bytes_per_transition(self) -> float:
         """Memory held in RAM per transition (frames + transition arrays), in bytes."""
         if len(self) == 0:

@@ -129,19 +129,15 @@ def evaluate_and_log(agent: Any, env: Any, cfg: DictConfig, run_dir: Path, step:
                      tag: str) -> dict[str, Any]:
     """Evaluate the deterministic policy per ``cfg.eval``, log ``eval`` metrics, save a rollout MP4 in ``videos/``.
 
-    Tasks scored by ``normalized_score`` (Kitchen: subtasks done at the end / 4) also log that score.
+    The same rollouts and metrics as the evaluation app (:func:`calql_robot.training.evaluate.evaluate_agent`):
+    env seeds ``eval.seed`` (default 10000), ``eval.seed + 1``, ...; tasks scored by ``normalized_score`` (Kitchen)
+    also log that score.
     """
-    from calql_robot.training.evaluate import evaluate_policy
+    from calql_robot.training.evaluate import evaluate_agent, scalar_metrics
 
-    eval_cfg, task = cfg.eval, cfg.task
-    video = run_dir / "videos" / f"{tag}_step_{step:09d}.mp4" if eval_cfg.get("video", True) else None
-    result = evaluate_policy(env, lambda o: agent.act(o, deterministic=True), int(eval_cfg.episodes),
-                             seed=int(eval_cfg.get("seed", 10_000)), video_path=video,
-                             video_episodes=int(eval_cfg.get("video_episodes", 1)),
-                             fps=float(task.get("control_freq", 10.0)))
-    if task.get("score") == "normalized_score":
-        result["normalized_score"] = result["final_reward_mean"] / float(task.reward_success)
-    logger.log("eval", step, {k: v for k, v in result.items() if k != "video"})
+    video = run_dir / "videos" / f"{tag}_step_{step:09d}.mp4" if cfg.eval.get("video", True) else None
+    result = evaluate_agent(agent, env, cfg.task, cfg.eval, video_path=video)
+    logger.log("eval", step, scalar_metrics(result))
     return result
 
 
@@ -164,6 +160,26 @@ def restore_agent(agent: Any, tensors: dict[str, Any], state: dict[str, Any]) ->
     agent.load_state_dict_tensors(split_prefix(tensors, "agent"))
     if hasattr(agent, "load_state_dict_meta") and "agent_meta" in state:
         agent.load_state_dict_meta(state["agent_meta"])
+
+
+def fit_to_offline_data(agent: Any, dataset: Any, buffer: Any) -> None:
+    """Set the statistics a new agent takes from the offline data, once, when pre-training starts.
+
+    With ``agent.encoder.normalize`` the low-dim observation mean/std; with ``agent.critic_value_norm`` the critics'
+    output transform from the MC returns. Both are module buffers: a resumed or fine-tuned run loads them from its
+    checkpoint instead of refitting them.
+    """
+    from calql_robot.encoders.normalize import low_dim_statistics
+
+    normalizer = getattr(agent.encoder, "normalizer", None)
+    if normalizer is not None:
+        stats = low_dim_statistics(dataset.arrays()["obs"], normalizer.keys, n_rows=int(dataset.n_transitions))
+        normalizer.fit(stats)
+        print("observation normalisation: " + "; ".join(
+            f"{k} mean {np.round(m, 3).tolist()} std {np.round(sd, 3).tolist()}" for k, (m, sd) in stats.items()))
+    if agent.cfg.critic_value_norm:
+        shift, scale = agent.set_value_normalization(buffer.mc_returns)
+        print(f"critic value normalisation: Q = {scale:.2f} * net + {shift:.2f} (std and mean of the MC returns)")
 
 
 def build_agent_for(cfg: DictConfig, obs_spec: dict[str, Any], action_dim: int, device: torch.device,
