@@ -32,7 +32,8 @@ class CameraEncoder(nn.Module):
         self.trunk_name = trunk
         self.resize = cfg.resnet_resize if trunk == "resnet18" else None
         if trunk == "conv":
-            self.trunk: nn.Module = ConvTrunk(channels, height, width, cfg.conv_channels, cfg.conv_layers)
+            self.trunk: nn.Module = ConvTrunk(channels, height, width, cfg.conv_channels, cfg.conv_layers,
+                                                   cfg.conv_stride2_layers)
             mean, std = [0.5] * channels, [1.0] * channels
         else:  # torchvision is imported only when a ResNet is asked for (it takes seconds to import)
             from calql_robot.encoders.resnet import ResNet18Trunk

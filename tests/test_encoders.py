@@ -282,3 +282,14 @@ def test_encoder_config_files(name):
     enc = build_encoder(cfg, spec)
     assert enc.out_dim == cfg.feature_dim + 3
     assert any(type(m).__name__ == "GroupNorm" for m in enc.modules()) == (name == "resnet18")
+
+
+def test_conv_stride2_layers_shrinks_the_feature_map() -> None:
+    assert conv_output_side(64, 4, 2) == 11 and conv_output_side(64, 4, 0) == 56
+    spec = {"cam": {"shape": [64, 64, 3], "dtype": "uint8", "kind": "rgb"}}
+    encoder = build_encoder({"name": "conv", "conv_stride2_layers": 2, "feature_dim": 8}, spec)
+    assert encoder.cameras["cam"].trunk.out_dim == 32 * 11 * 11
+    out = encoder({"cam": torch.zeros(2, 64, 64, 3, dtype=torch.uint8)})
+    assert out.shape == (2, 8)
+    with pytest.raises(UserError, match="conv_stride2_layers"):
+        build_encoder({"name": "conv", "conv_stride2_layers": 5}, spec)
