@@ -4,11 +4,14 @@ Usage::
 
     .venv/bin/python bench/image_update_speed.py                          # batch 256 and 64, CPU
     .venv/bin/python bench/image_update_speed.py --batches 256 --updates 20 --repeats 3 --device cuda
+    .venv/bin/python bench/image_update_speed.py --batches 64 --set encoder.conv_stride2_layers=1   # DrQ's trunk
 
 Observation spec of ``configs/task/pick_place.yaml``: ``agentview_rgb`` uint8 (64, 64, 3) + ``robot_state`` float32
 (5,), 4 actions. Agent settings: configs/agent/calql.yaml overridden by the task's ``agent:`` block (critic and
-actor [256, 256], cql_n_actions 4, CQL alpha 5 without Lagrange, importance sampling, max-target backup) and the
-default encoder (``encoder=auto`` -> conv: 4 x 3x3 conv, 32 channels, Linear -> 50 features, LayerNorm, tanh).
+actor [256, 256], cql_n_actions 4, CQL alpha 5 without Lagrange, importance sampling, max-target backup, critic
+value normalisation) and the encoder (``encoder=auto`` -> conv: 4 x 3x3 conv, 32 channels, the first two with stride
+2 as the task sets ``conv_stride2_layers: 2``, Linear -> 50 features, LayerNorm, tanh); ``--set KEY=VALUE`` changes
+any of these.
 Batches are random (uniform uint8 images, uniform actions); each repeat times ``--updates`` calls of
 ``agent.update`` after 3 warm-up updates and the table shows the median repeat.
 
@@ -98,7 +101,7 @@ def flops_per_update(agent: Any, cfg: dict[str, Any], batch: dict[str, Any], upd
 def bench_batch(batch_size: int, args: argparse.Namespace, device: torch.device, update_speed: Any) -> dict:
     """Median updates/s over the repeats for one batch size, with the matmul reference between repeats."""
     torch.manual_seed(0)
-    cfg = pick_place_agent_config()
+    cfg = OmegaConf.to_container(OmegaConf.merge(pick_place_agent_config(), OmegaConf.from_dotlist(args.set)))
     agent = build_agent(cfg, OBS_SPEC, ACTION_DIM, device)
     batches = random_batches(batch_size, device)
     flops = flops_per_update(agent, cfg, batches[0], update_speed)
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="agent config overrides, e.g. encoder.conv_stride2_layers=1 (DrQ's trunk)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

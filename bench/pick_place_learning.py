@@ -41,6 +41,8 @@ from learning_report import format_table, load_run, plot_curves, read_csv, summa
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--task", default="pick_place", choices=["pick_place", "pick_place_state"],
+                   help="the image task or its state-based twin (same scene, data and reward)")
     p.add_argument("--methods", nargs="+", default=["calql", "cql"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--episodes", type=int, default=100, help="scripted episodes of the offline dataset")
@@ -64,16 +66,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def collect(args: argparse.Namespace) -> Path:
     """The offline dataset from the collect app (scripted demos, seed 0), reused when it exists."""
-    path = args.out / "data" / f"pick_place_{args.image_size}px_{args.episodes}ep.zarr"
+    name = f"{args.image_size}px" if args.task == "pick_place" else "state"
+    path = args.out / "data" / f"{args.task}_{name}_{args.episodes}ep.zarr"
     if path.exists():
         print(f"offline data: {path} (reused)")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    seconds = run_app([sys.executable, "-m", "calql_robot.collect", "task=pick_place", f"episodes={args.episodes}",
-                       f"output={path}", f"task.env.image_size={args.image_size}", "seed=0"],
-                      args.out / "collect.log")
+    seconds = run_app([sys.executable, "-m", "calql_robot.collect", f"task={args.task}", f"episodes={args.episodes}",
+                       f"output={path}", *image_override(args), "seed=0"], args.out / "collect.log")
     print(f"offline data: {path} ({seconds:.0f} s)")
     return path
+
+
+def image_override(args: argparse.Namespace) -> list[str]:
+    """``task.env.image_size=S`` for the image task; nothing for the state twin."""
+    return [f"task.env.image_size={args.image_size}"] if args.task == "pick_place" else []
 
 
 def cumulative_regret(run: Path) -> float:
@@ -121,15 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"pick_place learning run: {args.methods}, seeds {args.seeds}, {args.image_size}px, {args.episodes} "
+    print(f"{args.task} learning run: {args.methods}, seeds {args.seeds}, {args.image_size}px, {args.episodes} "
           f"episodes, {args.pretrain_steps} updates at batch {args.batch_size}, {args.finetune_steps} online steps; "
           f"load average {os.getloadavg()[0]:.1f}")
     dataset = args.out / "data" if args.report_only else collect(args)
     # bench/learning.py's run_one with this task's options (its parser's names, filled here).
     run_args = argparse.Namespace(
-        task="pick_place", out=args.out, eval_episodes=args.eval_episodes, pretrain_steps=args.pretrain_steps,
+        task=args.task, out=args.out, eval_episodes=args.eval_episodes, pretrain_steps=args.pretrain_steps,
         pretrain_eval_every=args.pretrain_eval_every, finetune_steps=args.finetune_steps, eval_every=args.eval_every,
-        override=[f"task.env.image_size={args.image_size}", f"++pretrain.batch_size={args.batch_size}",
+        override=[*image_override(args), f"++pretrain.batch_size={args.batch_size}",
                   f"++finetune.batch_size={args.batch_size}"],  # ++: each app lacks the other's key
     )  # fmt: skip
     pairs = [(m, s) for s in args.seeds for m in args.methods]
@@ -159,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key}: offline eval {dict(zip(r.offline_steps.tolist(), r.offline_success.tolist()))}; online eval "
               f"{dict(zip(r.eval_steps.tolist(), r.eval_success.tolist()))}; cumulative regret {regrets[key]:.0f} "
               f"of {r.metrics['episodes']:.0f} episodes")
-    plot = plot_curves(results, args.methods, args.plot, f"pick_place ({args.image_size}px)")
+    title = f"pick_place ({args.image_size}px)" if args.task == "pick_place" else args.task
+    plot = plot_curves(results, args.methods, args.plot, title)
     q_plot = plot_q(args.out, [(r.method, r.seed) for r in results], args.plot.with_name(args.plot.stem + "_q.png"))
     meta = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "dataset": str(dataset),
             "wall_s": time.perf_counter() - t0, "run_timings_s": timings, "failures": failures,
