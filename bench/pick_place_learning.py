@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"{args.task} learning run: {args.methods}, seeds {args.seeds}, {args.image_size}px, {args.episodes} "
+    obs = f"{args.image_size}px" if args.task == "pick_place" else "state"
+    print(f"{args.task} learning run: {args.methods}, seeds {args.seeds}, {obs}, {args.episodes} "
           f"episodes, {args.pretrain_steps} updates at batch {args.batch_size}, {args.finetune_steps} online steps; "
           f"load average {os.getloadavg()[0]:.1f}")
     dataset = args.out / "data" if args.report_only else collect(args)
