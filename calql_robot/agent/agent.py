@@ -41,6 +41,11 @@ class CalQLAgent:
                                 cfg.critic_value_norm)
         self.critic.to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # With policy_ema_tau > 0: Polyak averages of the encoder and actor, used for deterministic actions only.
+        self.policy_ema: dict[str, torch.nn.Module] = {}
+        if cfg.policy_ema_tau > 0:
+            self.policy_ema = {"encoder_ema": copy.deepcopy(self.encoder).requires_grad_(False),
+                               "actor_ema": copy.deepcopy(self.actor).requires_grad_(False)}
         self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=self.device, requires_grad=True)
         self.log_alpha_prime = torch.tensor(
             float(cfg.cql_lagrange_init_log_alpha), device=self.device, requires_grad=True
@@ -138,6 +143,8 @@ class CalQLAgent:
         with torch.no_grad():
             for target_param, param in zip(self.critic_target.parameters(), self.critic.parameters()):
                 target_param.lerp_(param, cfg.tau)
+            if self.policy_ema:
+                self._update_policy_ema(cfg.policy_ema_tau)
         self.step += 1
 
         metrics = {
@@ -165,12 +172,35 @@ class CalQLAgent:
             critic.set_value_normalization(shift, scale)
         return shift, scale
 
+    def _update_policy_ema(self, rate: float) -> None:
+        """Move the averaged encoder and actor ``rate`` of the way to the live ones; buffers (normalisation
+        statistics) are copied as they are."""
+        for name, live in (("encoder_ema", self.encoder), ("actor_ema", self.actor)):
+            average = self.policy_ema[name]
+            for avg_param, param in zip(average.parameters(), live.parameters()):
+                avg_param.lerp_(param, rate)
+            for avg_buffer, buffer in zip(average.buffers(), live.buffers()):
+                avg_buffer.copy_(buffer)
+
+    def reset_policy_ema(self) -> None:
+        """Set the averaged encoder and actor to the live ones (after fitting statistics or loading old weights)."""
+        if self.policy_ema:
+            with torch.no_grad():
+                self._update_policy_ema(1.0)
+
     # ------------------------------------------------------------------ acting
     def act_batch(self, obs: Mapping[str, torch.Tensor], deterministic: bool) -> torch.Tensor:
-        """Batched actions: obs {k: (B, ...)} tensors on the agent's device -> (B, A) in [-1, 1]."""
-        self.encoder.eval()
+        """Batched actions: obs {k: (B, ...)} tensors on the agent's device -> (B, A) in [-1, 1].
+
+        Deterministic actions (evaluation, deployment) come from the averaged networks when ``policy_ema_tau`` > 0;
+        exploration samples always come from the live actor, the one being trained.
+        """
+        use_ema = deterministic and bool(self.policy_ema)
+        encoder = self.policy_ema["encoder_ema"] if use_ema else self.encoder
+        actor = self.policy_ema["actor_ema"] if use_ema else self.actor
+        encoder.eval()
         with torch.no_grad():
-            mean, log_std = self.actor(self.encoder(obs, augment=False))
+            mean, log_std = actor(encoder(obs, augment=False))
             if deterministic:
                 return TanhGaussianActor.deterministic(mean)
             return TanhGaussianActor.sample(mean, log_std, 1, self.generator)[0][0]
@@ -187,7 +217,8 @@ class CalQLAgent:
     def _modules(self) -> dict[str, torch.nn.Module]:
         """The saved networks by name prefix."""
         return {
-            "encoder": self.encoder, "actor": self.actor, "critic": self.critic, "critic_target": self.critic_target
+            "encoder": self.encoder, "actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
+            **self.policy_ema,
         }
 
     def state_dict_tensors(self) -> dict[str, torch.Tensor]:
@@ -209,7 +240,11 @@ class CalQLAgent:
         if missing:
             raise UserError(f"agent state lacks {missing}; was it written by CalQLAgent.state_dict_tensors?")
         for name, module in self._modules().items():
+            if name in self.policy_ema and not any(key.startswith(f"{name}.") for key in tensors):
+                continue  # a checkpoint written without the average: it starts from the loaded live networks
             load_module(module, name, tensors)
+        if self.policy_ema and not any(key.startswith("actor_ema.") for key in tensors):
+            self.reset_policy_ema()
         for name, optimizer in self.optimizers.items():
             load_optimizer(optimizer, f"optim.{name}", tensors)
         with torch.no_grad():

@@ -29,6 +29,7 @@ class AgentConfig:
     init_alpha: float = 1.0
     target_entropy: float | None = None
     tau: float = 5e-3
+    policy_ema_tau: float = 0.0
     cql_alpha: float = 5.0
     cql_n_actions: int = 10
     cql_importance_sample: bool = True
@@ -90,6 +91,9 @@ class AgentConfig:
                 raise UserError(f"agent.{key} is {getattr(self, key)!r}; expected a positive number")
         if not 0.0 < self.tau <= 1.0:
             raise UserError(f"agent.tau is {self.tau!r}; expected a Polyak rate in (0, 1]")
+        if not 0.0 <= self.policy_ema_tau <= 1.0:
+            raise UserError(f"agent.policy_ema_tau is {self.policy_ema_tau!r}; expected a Polyak rate in [0, 1] "
+                            "(0: act with the live networks)")
         if not 0.0 <= self.discount <= 1.0:
             raise UserError(f"agent.discount is {self.discount!r}; expected a value in [0, 1]")
         if self.cql_alpha < 0:

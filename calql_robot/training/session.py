@@ -49,14 +49,27 @@ def setup_torch(cfg: DictConfig) -> torch.device:
 
 
 def agent_cfg_for_finetune(cfg: DictConfig, pre_state: dict[str, Any]) -> DictConfig:
-    """The pre-training run's agent config unless the command line overrides the agent."""
+    """The pre-training run's agent config, with the command line's ``agent.KEY=VALUE`` overrides on top.
+
+    ``agent=NAME`` on the command line picks a whole new agent config instead. Keys the checkpoint's config lacks
+    (options added after it was written) take the composed config's values, so an older checkpoint gets today's
+    defaults for them.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    if any(o.lstrip("+~").startswith("agent") for o in overrides) or "config" not in pre_state:
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    if "agent" in keys or "config" not in pre_state or "agent" not in pre_state["config"]:
         return cfg
     merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    merged.agent = OmegaConf.create(pre_state["config"]["agent"])
+    saved = OmegaConf.create(pre_state["config"]["agent"])
+    composed = merged.agent
+    merged.agent = OmegaConf.merge(composed, saved)  # saved values win; keys it lacks keep the composed values
+    for key in keys:
+        if key.startswith("agent."):
+            path = key[len("agent."):]
+            value = OmegaConf.select(composed, path, default=None)
+            OmegaConf.update(merged.agent, path, value, force_add=True)
     return merged
 
 
@@ -180,6 +193,8 @@ def fit_to_offline_data(agent: Any, dataset: Any, buffer: Any) -> None:
     if agent.cfg.critic_value_norm:
         shift, scale = agent.set_value_normalization(buffer.mc_returns)
         print(f"critic value normalisation: Q = {scale:.2f} * net + {shift:.2f} (std and mean of the MC returns)")
+    if hasattr(agent, "reset_policy_ema"):
+        agent.reset_policy_ema()  # the averaged policy starts with the fitted statistics
 
 
 def build_agent_for(cfg: DictConfig, obs_spec: dict[str, Any], action_dim: int, device: torch.device,
