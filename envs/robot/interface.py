@@ -9,8 +9,10 @@ It follows the convention users know from LeRobot's ``Robot``::
 
 ``observation_spec`` is the obs spec of docs/DESIGN.md (``{key: {"shape", "dtype", "kind"}}``). ``action_spec`` is
 an :class:`ActionSpec`: dimension, bounds, the "hold" command, and, for robots commanded by end-effector position
-deltas, where the end-effector position lives in the observation and how an action maps to metres, which is what
-:class:`~calql_robot.envs.robot.safety.WorkspaceClip` needs to keep targets inside an explicit box.
+deltas or velocities, where the end-effector position lives in the observation, how an action maps to metres and
+whether a command is a displacement done within one period (``ee_command="delta"``) or a velocity that keeps running
+until the next command or stop (``ee_command="velocity"``), which is what the workspace layers of
+:mod:`calql_robot.envs.robot.bounds` need to keep the end effector inside an explicit box.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ import numpy as np
 
 from calql_robot.errors import UserError
 
+EE_COMMANDS = ("delta", "velocity")
+
 
 @dataclass(frozen=True)
 class SafetyEvent:
-    """Something a safety layer did: ``kind`` in {"nonfinite", "watchdog", "estop", "workspace", "client_timeout",
-    "overrun", ...}, a one-line ``message`` and the wall-clock ``time`` (``time.time()``)."""
+    """Something a safety layer did: ``kind`` in {"nonfinite", "watchdog", "estop", "workspace", "workspace_stop",
+    "workspace_exit", "client_timeout", "overrun", ...}, a one-line ``message`` and the wall-clock ``time``
+    (``time.time()``)."""
 
     kind: str
     message: str
@@ -64,6 +69,12 @@ class ActionSpec:
         ee_obs_index: the 3 indices of (x, y, z) in ``obs[ee_obs_key]``.
         ee_action_index: the 3 action indices that are the (dx, dy, dz) command.
         ee_delta_scale: metres of commanded displacement per unit of action (target = eef + a[idx] * scale).
+        ee_command: how the robot executes the (dx, dy, dz) command. ``"delta"``: a displacement of a[idx] * scale
+            completed within one command (position controllers, the simulation). ``"velocity"``: a velocity of
+            a[idx] * scale / ee_period_s m/s that keeps running until the next command or ``stop()`` (velocity and
+            torque-style controllers), so a pause between commands keeps the robot moving.
+        ee_period_s: for ``ee_command="velocity"``, the control period (s) over which one command covers
+            a[idx] * scale metres.
     """
 
     dim: int
@@ -74,6 +85,17 @@ class ActionSpec:
     ee_obs_index: tuple[int, ...] = (0, 1, 2)
     ee_action_index: tuple[int, ...] = (0, 1, 2)
     ee_delta_scale: float | None = None
+    ee_command: str = "delta"
+    ee_period_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ee_command not in EE_COMMANDS:
+            raise UserError(f"action spec ee_command is {self.ee_command!r}; expected one of {', '.join(EE_COMMANDS)}")
+        if self.ee_command == "velocity":
+            period = self.ee_period_s
+            if not self.is_ee_delta or period is None or not np.isfinite(period) or period <= 0:
+                raise UserError("an action spec with ee_command='velocity' needs ee_obs_key, ee_delta_scale and a "
+                                f"control period ee_period_s > 0 seconds; got ee_period_s={period}")
 
     @staticmethod
     def create(dim: int, low: float | np.ndarray = -1.0, high: float | np.ndarray = 1.0,
@@ -89,8 +111,13 @@ class ActionSpec:
 
     @property
     def is_ee_delta(self) -> bool:
-        """True when actions command end-effector position deltas (workspace clipping applies)."""
+        """True when actions command the end-effector position (as deltas or velocities): a workspace box applies."""
         return self.ee_obs_key is not None and self.ee_delta_scale is not None
+
+    @property
+    def is_ee_velocity(self) -> bool:
+        """True when a command is a velocity that keeps running until the next command or stop."""
+        return self.ee_command == "velocity"
 
     def ee_position(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(3,) float64 end-effector position read from an observation of this robot."""
@@ -102,7 +129,8 @@ class ActionSpec:
         """JSON-ready form (used by the remote handshake)."""
         return {"dim": self.dim, "low": self.low.tolist(), "high": self.high.tolist(), "hold": self.hold.tolist(),
                 "ee_obs_key": self.ee_obs_key, "ee_obs_index": list(self.ee_obs_index),
-                "ee_action_index": list(self.ee_action_index), "ee_delta_scale": self.ee_delta_scale}
+                "ee_action_index": list(self.ee_action_index), "ee_delta_scale": self.ee_delta_scale,
+                "ee_command": self.ee_command, "ee_period_s": self.ee_period_s}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> ActionSpec:
@@ -110,7 +138,9 @@ class ActionSpec:
             int(d["dim"]), np.asarray(d["low"]), np.asarray(d["high"]), np.asarray(d["hold"]),
             ee_obs_key=d.get("ee_obs_key"), ee_obs_index=tuple(int(i) for i in d.get("ee_obs_index", (0, 1, 2))),
             ee_action_index=tuple(int(i) for i in d.get("ee_action_index", (0, 1, 2))),
-            ee_delta_scale=None if d.get("ee_delta_scale") is None else float(d["ee_delta_scale"]))
+            ee_delta_scale=None if d.get("ee_delta_scale") is None else float(d["ee_delta_scale"]),
+            ee_command=str(d.get("ee_command", "delta")),
+            ee_period_s=None if d.get("ee_period_s") is None else float(d["ee_period_s"]))
 
 
 class RobotInterface(ABC):
@@ -170,6 +200,12 @@ class RobotInterface(ABC):
     def drain_safety_events(self) -> list[SafetyEvent]:
         """Safety events recorded since the last call (wrappers collect them down the chain)."""
         return []
+
+    def reset_targets(self) -> dict[str, np.ndarray]:
+        """End-effector positions (3,) that ``home()`` moves to, keyed by the driver argument that sets them (e.g.
+        ``{"home_pose": ...}``); ``make_safe_robot`` checks each against the workspace box before the first motion.
+        Default: none known (the position ``home()`` reaches is still checked after every ``home()``)."""
+        return {}
 
     def ee_position(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(3,) end-effector position from an observation, via ``action_spec``."""
@@ -255,6 +291,9 @@ class RobotWrapper(RobotInterface):
     def drain_safety_events(self) -> list[SafetyEvent]:
         mine, self._events = self._events, []
         return self.robot.drain_safety_events() + mine
+
+    def reset_targets(self) -> dict[str, np.ndarray]:
+        return self.robot.reset_targets()
 
 
 def find_wrapper(robot: RobotInterface, kind: type) -> Any | None:

@@ -4,6 +4,9 @@ The end effector is a point in a box of hardware limits. ``send_action(a)`` with
 [-1, 1] sets a velocity ``a[:3] * ee_delta_scale * control_hz`` (so one control period moves ``a[:3] *
 ee_delta_scale`` metres, like an end-effector delta controller) that **keeps running until the next command or
 stop()**, exactly the behaviour that makes a watchdog necessary on real velocity-controlled robots (LeKiwi's base).
+Its action spec says so (``ee_command="velocity"``, ``ee_period_s = 1 / control_hz``), which makes ``make_safe_robot``
+bound its workspace with :class:`~calql_robot.envs.robot.bounds.VelocityWorkspaceLimit`; ``reset_targets()``
+reports the configured ``home_pose`` so it is checked against the workspace box before the first motion.
 Position integrates against a clock (``time.monotonic`` or an injected one), so no thread is needed.
 
 Its task is "reach the goal": ``task_signal()`` gives reward 1 and success when the tip is within
@@ -45,7 +48,8 @@ class PointRobot(RobotInterface):
         self.ee_delta_scale = float(ee_delta_scale)
         self.limits_low = np.asarray(limits_low, np.float64)
         self.limits_high = np.asarray(limits_high, np.float64)
-        self.home_pose = np.clip(np.asarray(home_pose, np.float64), self.limits_low, self.limits_high)
+        self.configured_home_pose = np.asarray(home_pose, np.float64).copy()
+        self.home_pose = np.clip(self.configured_home_pose, self.limits_low, self.limits_high)  # hardware saturates
         self.goal = np.asarray(goal, np.float64)
         self.goal_tolerance = float(goal_tolerance)
         self.image_size = image_size
@@ -59,7 +63,8 @@ class PointRobot(RobotInterface):
         self._grip = GRIPPER_OPEN_M
         self._t = self.clock()
         self._spec = ActionSpec.create(4, -1.0, 1.0, ee_obs_key="robot_state", ee_obs_index=(0, 1, 2),
-                                       ee_action_index=(0, 1, 2), ee_delta_scale=self.ee_delta_scale)
+                                       ee_action_index=(0, 1, 2), ee_delta_scale=self.ee_delta_scale,
+                                       ee_command="velocity", ee_period_s=1.0 / self.control_hz)
 
     # -- connection -------------------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -142,6 +147,10 @@ class PointRobot(RobotInterface):
             self._grip = GRIPPER_OPEN_M
             self._t = self.clock()
         return self.get_observation()
+
+    def reset_targets(self) -> dict[str, np.ndarray]:
+        """``{"home_pose": the configured home pose}`` (before saturation at the hardware limits)."""
+        return {"home_pose": self.configured_home_pose.copy()}
 
     # -- observation and task ---------------------------------------------------------------------------------------
     def get_observation(self) -> dict[str, np.ndarray]:

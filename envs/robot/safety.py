@@ -2,17 +2,28 @@
 
 Order, outermost first (an action passes them top to bottom)::
 
-    EStop -> NonFiniteGuard -> ActionClip -> RateLimit -> WorkspaceClip -> Watchdog -> robot
+    EStop -> NonFiniteGuard -> ActionClip -> RateLimit -> WorkspaceClip | VelocityWorkspaceLimit -> Watchdog -> robot
 
-* EStop: a latch; once triggered every command is refused (robot stopped) until ``clear()``.
+* EStop: a latch; once triggered every command is refused (robot stopped) until ``clear()``. Outermost, so nothing
+  reaches the robot while it is latched.
 * NonFiniteGuard: NaN / inf never reach the robot: stop, record a ``nonfinite`` SafetyEvent, report ``hold`` as sent.
+  Before every layer that computes with the action.
 * ActionClip: clip to the action bounds.
 * RateLimit: the command may change by at most ``max_delta_per_step`` (action units, per dimension) from the last
   command actually sent (from ``hold`` after stop / home), i.e. an acceleration limit for delta commands.
-* WorkspaceClip: for end-effector delta robots, target = eef + delta * scale is clipped to an explicit box and
-  converted back to the delta actually sent. Safety outranks smoothness: it may undo part of RateLimit.
-* Watchdog: a thread that calls ``stop()`` when no command arrived for ``timeout_s`` (armed by a command, disarmed
-  by stop / home).
+* Workspace layer (:mod:`calql_robot.envs.robot.bounds`), innermost of the action-shaping layers so that nothing
+  after it can undo the bound; safety outranks smoothness (it may undo part of RateLimit). ``WorkspaceClip`` for
+  robots whose command is a displacement done within one period (``ActionSpec.ee_command="delta"``);
+  ``VelocityWorkspaceLimit`` for robots whose command is a velocity held until the next command
+  (``ee_command="velocity"``): it limits the velocity toward each face and gives each command a stop deadline that
+  the Watchdog enforces, so it needs ``watchdog_timeout_s``.
+* Watchdog (:mod:`calql_robot.envs.robot.watchdog`): a thread that calls ``stop()`` when no command arrived for
+  ``timeout_s`` or at the workspace deadline (armed by a command, disarmed by stop / home). Innermost, next to the
+  robot, so every path that moves the robot passes it.
+
+``make_safe_robot`` also checks the robot's reset targets (``RobotInterface.reset_targets()``, e.g. ``home_pose``)
+against the workspace box before anything moves, and the workspace layers check the position each ``home()``
+reaches.
 
 A layer that refuses an action never raises: it stops the robot, records a SafetyEvent (``drain_safety_events``)
 and returns ``action_spec.hold`` as the action sent. ``ControlRate`` is the fixed-rate loop helper.
@@ -27,10 +38,22 @@ from typing import Any
 
 import numpy as np
 
+from calql_robot.envs.robot.bounds import (
+    WORKSPACE_EPS_M,
+    VelocityWorkspaceLimit,
+    Workspace,
+    WorkspaceClip,
+    check_reset_targets,
+)
 from calql_robot.envs.robot.interface import RobotInterface, RobotWrapper, find_wrapper
+from calql_robot.envs.robot.safety_config import SAFETY_KEYS, validate_safety_cfg
+from calql_robot.envs.robot.watchdog import Watchdog
 from calql_robot.errors import UserError
 
-WORKSPACE_EPS_M = 1e-6  # float32 rounding of the delta may leave a target this far past the box face
+__all__ = [
+    "SAFETY_KEYS", "WORKSPACE_EPS_M", "ActionClip", "ControlRate", "EStop", "NonFiniteGuard", "RateLimit",
+    "VelocityWorkspaceLimit", "Watchdog", "WorkspaceClip", "find_estop", "make_safe_robot", "validate_safety_cfg",
+]
 
 
 class EStop(RobotWrapper):
@@ -119,135 +142,6 @@ class RateLimit(RobotWrapper):
         return self.robot.home()
 
 
-class WorkspaceClip(RobotWrapper):
-    """Keep end-effector targets inside the box [low, high] (metres, robot base frame)."""
-
-    def __init__(self, robot: RobotInterface, low: np.ndarray, high: np.ndarray) -> None:
-        super().__init__(robot)
-        spec = self.action_spec
-        if not spec.is_ee_delta:
-            raise UserError(f"robot '{robot.name}' does not command end-effector deltas (its action spec has no "
-                            "ee_obs_key / ee_delta_scale), so a workspace box cannot be enforced")
-        self.low = np.asarray(low, np.float64).reshape(3)
-        self.high = np.asarray(high, np.float64).reshape(3)
-        self.clipped_steps = 0
-        self._clipping = False
-
-    def send_action(self, action: np.ndarray) -> np.ndarray:
-        spec = self.action_spec
-        idx = list(spec.ee_action_index)
-        scale = float(spec.ee_delta_scale or 0.0)
-        requested = np.asarray(action, np.float32).copy()
-        eef = np.asarray(self.robot.get_ee_position(), np.float64).reshape(3)
-        target = eef + requested[idx].astype(np.float64) * scale
-        safe_target = np.clip(target, self.low, self.high)
-        delta = np.clip((safe_target - eef) / scale, spec.low[idx], spec.high[idx])
-        out = requested.copy()
-        out[idx] = delta.astype(np.float32)
-        clipped = bool(np.any(np.abs(out - requested) > 1e-7))
-        if clipped:
-            self.clipped_steps += 1
-            if not self._clipping:
-                self.record("workspace", f"end-effector target {np.round(target, 4).tolist()} clipped to the "
-                            f"workspace box low={self.low.tolist()} high={self.high.tolist()}")
-        self._clipping = clipped
-        return self.robot.send_action(out)
-
-
-class Watchdog(RobotWrapper):
-    """Stop the robot when no command arrived for ``timeout_s``; a background thread waits on the exact deadline."""
-
-    def __init__(self, robot: RobotInterface, timeout_s: float) -> None:
-        super().__init__(robot)
-        if timeout_s <= 0:
-            raise UserError(f"watchdog_timeout_s must be > 0 seconds, got {timeout_s}")
-        self.timeout_s = float(timeout_s)
-        self.trips = 0
-        self.last_trip_silence_s: float | None = None
-        self._cond = threading.Condition()
-        self._io = threading.RLock()  # serialises the robot calls of this thread and the watchdog thread
-        self._deadline: float | None = None
-        self._last_command = 0.0
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._closed = False
-            self._thread = threading.Thread(target=self._run, name="robot-watchdog", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        # Lock order everywhere: _io (robot calls) before _cond (deadline). The deadline is re-checked under both
-        # locks, so a command that lands while this thread waits for _io is never stopped by a stale deadline.
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                if self._deadline is None:
-                    self._cond.wait()
-                    continue
-                remaining = self._deadline - time.monotonic()
-                if remaining > 0:
-                    self._cond.wait(remaining)
-                    continue
-                expired = self._deadline
-            with self._io:
-                with self._cond:
-                    if self._closed or self._deadline != expired:
-                        continue  # re-armed by a fresh command, disarmed, or closing
-                    self._deadline = None
-                    silence = time.monotonic() - self._last_command
-                self.robot.stop()
-            self.trips += 1
-            self.last_trip_silence_s = silence
-            self.record("watchdog", f"no command for {silence * 1000:.0f} ms (timeout "
-                        f"{self.timeout_s * 1000:.0f} ms); robot stopped")
-
-    def _arm(self, armed: bool) -> None:
-        """Caller holds ``_io``."""
-        with self._cond:
-            now = time.monotonic()
-            self._last_command = now
-            self._deadline = now + self.timeout_s if armed else None
-            self._cond.notify_all()
-
-    def send_action(self, action: np.ndarray) -> np.ndarray:
-        self._ensure_thread()
-        with self._io:
-            sent = self.robot.send_action(action)
-            self._arm(True)
-        return sent
-
-    def stop(self) -> None:
-        with self._io:
-            self._arm(False)
-            self.robot.stop()
-
-    def home(self) -> dict[str, np.ndarray]:
-        with self._io:
-            self._arm(False)
-            return self.robot.home()
-
-    def get_observation(self) -> dict[str, np.ndarray]:
-        with self._io:
-            return self.robot.get_observation()
-
-    def get_ee_position(self) -> np.ndarray:
-        with self._io:
-            return self.robot.get_ee_position()
-
-    def disconnect(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._deadline = None
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
-        with self._io:
-            self.robot.disconnect()
-
-
 class ControlRate:
     """Fixed-rate loop helper: ``sleep()`` waits for the next tick and reports overruns instead of bursting.
 
@@ -284,66 +178,46 @@ class ControlRate:
         return overrun
 
 
-def _cfg_get(cfg: Mapping[str, Any] | Any, key: str, default: Any = None) -> Any:
-    try:
-        value = cfg.get(key, default)
-    except AttributeError:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
-
-
-def validate_safety_cfg(safety_cfg: Mapping[str, Any] | None, config_key: str = "robot.safety",
-                        robot_is_real: bool = False) -> dict[str, Any]:
-    """Check a ``safety:`` block and return it as a plain dict; a real robot without bounds is refused."""
-    cfg = safety_cfg if safety_cfg is not None else {}
-    real = bool(_cfg_get(cfg, "real_robot", False)) or robot_is_real
-    workspace = _cfg_get(cfg, "workspace", None)
-    out: dict[str, Any] = {
-        "real_robot": real,
-        "action_clip": bool(_cfg_get(cfg, "action_clip", True)),
-        "estop": bool(_cfg_get(cfg, "estop", True)),
-        "max_delta_per_step": _cfg_get(cfg, "max_delta_per_step", None),
-        "control_hz": _cfg_get(cfg, "control_hz", None),
-        "watchdog_timeout_s": _cfg_get(cfg, "watchdog_timeout_s", None),
-        "workspace": None,
-    }
-    if workspace is not None:
-        low, high = _cfg_get(workspace, "low", None), _cfg_get(workspace, "high", None)
-        try:
-            low_arr, high_arr = np.asarray(list(low), np.float64), np.asarray(list(high), np.float64)
-        except (TypeError, ValueError):
-            low_arr = high_arr = np.zeros(0)
-        if low_arr.shape != (3,) or high_arr.shape != (3,) or not np.all(np.isfinite(low_arr)) \
-                or not np.all(np.isfinite(high_arr)) or not np.all(low_arr < high_arr):
-            raise UserError(f"{config_key}.workspace must be {{low: [x, y, z], high: [x, y, z]}} in metres with "
-                            f"finite low < high on every axis; got low={low} high={high}")
-        out["workspace"] = {"low": low_arr, "high": high_arr}
-    if real:
-        missing = [k for k in ("workspace", "watchdog_timeout_s", "control_hz") if out[k] is None]
-        if missing:
-            raise UserError(f"{config_key}.{missing[0]} is not set, and this is a real robot (real_robot: true): a "
-                            f"real robot refuses to start without an explicit workspace box ({config_key}.workspace: "
-                            f"{{low: [x, y, z], high: [x, y, z]}} in metres), a watchdog timeout and a control rate. "
-                            f"Missing: {', '.join(config_key + '.' + k for k in missing)}")
-        if not out["action_clip"] or not out["estop"]:
-            raise UserError(f"{config_key}.action_clip and {config_key}.estop cannot be turned off for a real robot")
-    return out
+def _driver_key(config_key: str) -> str:
+    """``robot.safety`` -> ``robot.driver`` (where reset targets such as ``home_pose`` are configured)."""
+    parent, _, last = config_key.rpartition(".")
+    return f"{parent}.driver" if last == "safety" and parent else "driver"
 
 
 def make_safe_robot(robot: RobotInterface, safety_cfg: Mapping[str, Any] | None,
-                    config_key: str = "robot.safety") -> RobotInterface:
-    """Wrap ``robot`` in the safety layers its config asks for (order in the module docstring).
+                    config_key: str = "robot.safety", driver_key: str | None = None) -> RobotInterface:
+    """Wrap ``robot`` in the safety layers its config asks for (order and reasons in the module docstring).
 
-    NonFiniteGuard is always on. ``config_key`` names the config block in error messages.
+    NonFiniteGuard is always on. ``config_key`` names the safety block and ``driver_key`` (default: its sibling
+    ``driver``) the driver block in error messages. With a workspace box, the robot's reset targets are checked
+    against it here, before anything moves; a velocity-commanded robot also needs ``watchdog_timeout_s``.
     """
     cfg = validate_safety_cfg(safety_cfg, config_key, robot_is_real=robot.is_real)
+    driver_key = driver_key or _driver_key(config_key)
+    workspace = None
+    if cfg["workspace"] is not None:
+        workspace = Workspace.create(cfg["workspace"]["low"], cfg["workspace"]["high"], f"{config_key}.workspace")
+        check_reset_targets(robot, workspace, driver_key)
+        velocity_robot = robot.action_spec.is_ee_velocity
+        if velocity_robot and cfg["watchdog_timeout_s"] is None:
+            raise UserError(f"{config_key}.watchdog_timeout_s is not set, but robot '{robot.name}' is commanded by "
+                            "velocities that keep running until the next command: without a watchdog nothing stops "
+                            f"it in a pause, so {config_key}.workspace cannot be enforced. Set "
+                            f"{config_key}.watchdog_timeout_s (e.g. 0.5 seconds)")
     layer: RobotInterface = robot
     if cfg["watchdog_timeout_s"] is not None:
-        layer = Watchdog(layer, float(cfg["watchdog_timeout_s"]))
-    if cfg["workspace"] is not None:
-        layer = WorkspaceClip(layer, cfg["workspace"]["low"], cfg["workspace"]["high"])
+        layer = Watchdog(layer, cfg["watchdog_timeout_s"])
+    if workspace is not None:
+        if robot.action_spec.is_ee_velocity:
+            layer = VelocityWorkspaceLimit(layer, workspace, cfg["stop_latency_s"], driver_key)  # type: ignore
+        else:
+            layer = WorkspaceClip(layer, workspace.low, workspace.high, workspace.config_key, driver_key)
     if cfg["max_delta_per_step"] is not None:
-        layer = RateLimit(layer, np.asarray(cfg["max_delta_per_step"], np.float32))
+        max_delta = np.asarray(cfg["max_delta_per_step"], np.float32).reshape(-1)
+        if max_delta.size not in (1, robot.action_spec.dim):
+            raise UserError(f"{config_key}.max_delta_per_step has {max_delta.size} values; expected one number or "
+                            f"{robot.action_spec.dim} (one per action dimension of robot '{robot.name}')")
+        layer = RateLimit(layer, max_delta if max_delta.size > 1 else float(max_delta[0]))
     if cfg["action_clip"]:
         layer = ActionClip(layer)
     layer = NonFiniteGuard(layer)

@@ -8,7 +8,10 @@ physics simulation before a real arm is plugged in. Observations and actions are
 
 Simulated time only advances when a command arrives, so ``stop()`` has nothing to halt (it is recorded).
 ``home()`` starts a new scene (``seed + episode``, so runs are reproducible); after the simulated task ends (success)
-commands are not executed and ``hold`` is reported as sent, until the next ``home()``.
+commands are not executed and ``hold`` is reported as sent, until the next ``home()``. A command is an
+end-effector target offset reached within the simulated step (``ee_command="delta"``), so a pause cannot move the
+arm; the scene's start pose is not known before ``home()``, so the workspace layer checks the position each
+``home()`` reaches.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class SimRobot(RobotInterface):
         self._signal = TaskSignal(0.0, False)
         self._episode_over = False
         self._spec = ActionSpec.create(4, -1.0, 1.0, ee_obs_key="robot_state", ee_obs_index=(0, 1, 2),
-                                       ee_action_index=(0, 1, 2), ee_delta_scale=EE_DELTA_SCALE_M)
+                                       ee_action_index=(0, 1, 2), ee_delta_scale=EE_DELTA_SCALE_M,
+                                       ee_command="delta")  # OSC: a target offset reached within the step
 
     def connect(self) -> None:
         if self._env is not None:
