@@ -207,3 +207,12 @@ def test_make_robot_env_from_omegaconf_point_config() -> None:
     _, _, _, _, info = env.step(np.ones(4, np.float32))
     np.testing.assert_allclose(info["action_sent"], [0.5, 0.5, 0.5, 1.0])  # per-dimension rate limit from hold
     env.close()
+
+
+def test_bad_driver_argument_is_a_user_error_naming_the_driver() -> None:
+    from calql_robot.envs.robot.robot_env import build_robot
+
+    cfg = OmegaConf.load(CONFIGS / "point.yaml")
+    cfg.driver.home_pose = "abc"  # the driver's constructor fails inside hydra's instantiate
+    with pytest.raises(UserError, match=r"robot\.driver could not be built \(.*PointRobot\).*could not convert"):
+        build_robot(cfg)

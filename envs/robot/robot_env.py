@@ -204,7 +204,17 @@ def build_robot(robot_cfg: Mapping[str, Any], config_key: str = "robot") -> Robo
     validate_safety_cfg(safety, f"{config_key}.safety")
     if robot_cfg.get("driver") is None:
         raise UserError(f"{config_key}.driver is missing; expected driver: {{_target_: <RobotInterface class>, ...}}")
-    driver = instantiate(robot_cfg["driver"], _convert_="all")
+    try:
+        driver = instantiate(robot_cfg["driver"], _convert_="all")
+    except UserError:
+        raise
+    except Exception as err:  # hydra wraps the driver's own errors in InstantiationException
+        cause = err.__cause__ if err.__cause__ is not None else err
+        if isinstance(cause, UserError):
+            raise cause from None
+        target = robot_cfg["driver"].get("_target_", "?")
+        raise UserError(f"{config_key}.driver could not be built ({target}): {type(cause).__name__}: {cause}. "
+                        f"Check the values under {config_key}.driver against that class's arguments") from None
     if not isinstance(driver, RobotInterface):
         raise UserError(f"{config_key}.driver._target_ built a {type(driver).__name__}, not a RobotInterface")
     return make_safe_robot(driver, safety, f"{config_key}.safety")
