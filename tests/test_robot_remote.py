@@ -3,6 +3,7 @@ another process, the arm stopped when the learner process dies, reconnects after
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -111,7 +112,7 @@ os._exit(0)   # the learner dies without saying goodbye
 def test_server_stops_arm_when_learner_process_dies() -> None:
     port = free_port()
     robot = PointRobot(control_hz=20.0)  # no watchdog here: the server's own client timeout must stop it
-    server, stop, thread = start_server(robot, port, client_timeout_s=0.4, max_idle_s=10)
+    server, stop, thread = start_server(robot, port, client_timeout_s=0.4, max_idle_s=120)
     try:
         done = subprocess.run([sys.executable, "-c", CLIENT_THAT_DIES, f"tcp://127.0.0.1:{port}"], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
@@ -245,3 +246,85 @@ def test_sim_robot_episode_over_loopback() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+BAD_IDS = [b'"abc"', b"null", b"NaN", b"1e400", b"[1]", b"-1", b"true", b"1.5", b"9" * 5000]
+
+
+def test_bad_request_ids_get_error_replies_and_the_server_app_keeps_serving() -> None:
+    """Issue 11, item 1: an id of "abc", null, NaN, 1e400 or [1] made robot_server exit with a traceback."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calql_robot.robot_server", "robot=point", f"port={port}", "max_idle_s=30",
+         "allow_remote_shutdown=true"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx = zmq.Context()
+    try:
+        client = RemoteRobotClient(f"tcp://127.0.0.1:{port}", timeout_s=1.0, retries=30)
+        client.connect()  # waits for the server process
+        for bad_id in BAD_IDS:
+            with ctx.socket(zmq.REQ) as sock:
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(f"tcp://127.0.0.1:{port}")
+                sock.send(b'{"op":"ping","id":' + bad_id + b',"arrays":[]}')
+                assert sock.poll(5000), f"no reply for id {bad_id[:20]!r}"
+                header, _ = wire.decode(sock.recv_multipart())
+            assert header["ok"] is False and header["code"] == "protocol" and header["id"] is None, header
+            assert "'id'" in header["error"] or "JSON the protocol accepts" in header["error"], header
+            assert proc.poll() is None
+        client.heartbeat()  # the controlling learner is still served
+        np.testing.assert_allclose(client.home()["robot_state"][:3], [0.0, 0.0, 0.3], atol=1e-6)
+        client._request("shutdown")
+        client._close()
+        out, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and "Traceback" not in out, out
+    finally:
+        ctx.destroy(linger=0)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def run_server_app(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calql_robot.robot_server", "robot=point", *overrides], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["port=abc"], "port is 'abc'"),
+    (["host=999.1.1.1"], "host is '999.1.1.1'"),
+])
+def test_server_app_bad_settings_give_one_paragraph(overrides: list[str], expected: str) -> None:
+    """Issue 11, item 10: `robot_server port=abc` and `host=999.1.1.1` gave tracebacks."""
+    done = run_server_app(*overrides)
+    assert done.returncode == 2 and expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("port=70000", "port is 70000"), ("port=5555.5", "port is 5555.5"), ("host=''", "host is ''"),
+    ("host='robot pc'", "host is 'robot pc'"), ("client_timeout_s=abc", "client_timeout_s is 'abc'"),
+    ("max_idle_s=-1", "max_idle_s is -1"), ("allow_remote_shutdown=maybe", "allow_remote_shutdown is 'maybe'"),
+    ("insecure=1", "insecure is 1"), ("keys_dir=/nonexistent/keys", "keys_dir is '/nonexistent/keys'"),
+    ("max_message_bytes=0", "max_message_bytes is 0"), ("max_arrays=abc", "max_arrays is 'abc'"),
+    ("max_header_bytes=99999999", "max_header_bytes is 99999999"),
+])
+def test_server_settings_are_all_checked_before_the_robot_is_built(override: str, expected: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from calql_robot.errors import UserError
+    from calql_robot.robot_server import server_settings
+
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("robot_server", overrides=["robot=point", override])
+    with pytest.raises(UserError, match=re.escape(expected)):
+        server_settings(cfg)
+
+
+def test_server_app_port_in_use_gives_one_paragraph() -> None:
+    """Issue 11, item 10: a port already in use gave a ZMQError traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = run_server_app(f"port={taken.getsockname()[1]}", "max_idle_s=5")
+    assert done.returncode == 2 and "already in use" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
