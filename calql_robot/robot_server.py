@@ -62,7 +62,8 @@ def server_settings(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{key} is {value!r}; expected a whole number >= 1")
         limits[key] = value
-    return {"address": f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}", "client_timeout_s": _seconds(cfg, "client_timeout_s"),
+    address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"  # IPv6 hosts in brackets
+    return {"address": address, "client_timeout_s": _seconds(cfg, "client_timeout_s"),
             "max_idle_s": _seconds(cfg, "max_idle_s", optional=True),
             "allow_remote_shutdown": _flag(cfg, "allow_remote_shutdown"), "keys": keys, "insecure": insecure,
             "limits": wire.WireLimits(**limits)}
