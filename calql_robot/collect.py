@@ -40,7 +40,9 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     """Generate the dataset ``cfg`` describes and return a summary (path, episodes, transitions, successes, time)."""
     from calql_robot.datasets.format import ZarrDataset, staged_store
     from calql_robot.envs import generate_task_dataset
+    from calql_robot.training.config_check import check_collect_config
 
+    check_collect_config(cfg)  # every option before anything is written
     task_name = OmegaConf.select(cfg, "task.name") or "?"
     if "generate" not in cfg.task:
         raise UserError(f"task '{task_name}' has no 'generate' block in configs/task/{task_name}.yaml, so collect "

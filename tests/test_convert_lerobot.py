@@ -172,3 +172,75 @@ def test_lerobot_obs_list_joins_columns(tmp_path):
     with pytest.raises(UserError, match=r"episode 0, field observation.velocity: missing"):
         convert(src, tmp_path / "x.zarr", "keys.cameras={}", "keys.obs={proprio:[observation.state,"
                 "observation.velocity]}")
+
+
+def _edit_info(root: Path, **changes) -> None:
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info.update(changes)
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+
+
+def _ragged_state(root: Path) -> None:
+    path = root / "data" / "chunk-000" / "episode_000000.parquet"
+    table = pq.read_table(path)
+    state = table.column("observation.state").to_pylist()
+    state[2] = state[2][:2]
+    column = table.column_names.index("observation.state")
+    pq.write_table(table.set_column(column, "observation.state", pa.array(state, pa.list_(pa.float32()))), path)
+
+
+BROKEN_V21 = {
+    "info.json not JSON": (lambda r: (r / "meta" / "info.json").write_text("{broken"),
+                           r"info.json is not valid JSON"),
+    "info.json a list": (lambda r: (r / "meta" / "info.json").write_text("[1, 2]"),
+                         r"info.json holds a JSON list; expected an object"),
+    "fps fast": (lambda r: _edit_info(r, fps="fast"), r"info.json: fps='fast'; expected a positive number"),
+    "features a list": (lambda r: _edit_info(r, features=[1]), r"info.json: features must be an object"),
+    "chunks_size text": (lambda r: _edit_info(r, chunks_size="x"), r"chunks_size='x'; expected a positive whole"),
+    "data_path template": (lambda r: _edit_info(r, data_path="data/{nope}.parquet"),
+                           r"data_path='data/\{nope\}.parquet' cannot be filled in"),
+    "episodes.jsonl broken": (lambda r: (r / "meta" / "episodes.jsonl").write_text('{"episode_index": 0\n'),
+                              r"episodes.jsonl, line 1: not valid JSON"),
+    "episode_index missing": (lambda r: (r / "meta" / "episodes.jsonl").write_text('{"length": 5}\n'),
+                              r"episodes.jsonl, row 1: episode_index=None; expected a non-negative whole number"),
+    "episode row a list": (lambda r: (r / "meta" / "episodes.jsonl").write_text("[1]\n"),
+                           r"episodes.jsonl, row 1: expected an object with episode_index"),
+    "corrupt parquet": (lambda r: (r / "data" / "chunk-000" / "episode_000001.parquet").write_bytes(b"PAR1junk"),
+                        r"^episode 1, field data: parquet file .*episode_000001.parquet cannot be read"),
+    "ragged state": (_ragged_state, r"^episode 0, field observation.state: rows are lists of different lengths"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_V21))
+def test_lerobot_broken_metadata_and_data_are_named(tmp_path, case):
+    """Issue 11, item 12: each of these gave a traceback; now a UserError naming the file (or episode and field),
+    and no output."""
+    src = tmp_path / "ds"
+    write_v21(src, episode_truth())
+    breaker, message = BROKEN_V21[case]
+    breaker(src)
+    with pytest.raises(UserError, match=message) as info:
+        convert(src, tmp_path / "o.zarr")
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_lerobot_v3_broken_episode_tables_are_named(tmp_path):
+    src = tmp_path / "ds"
+    write_v3(src, episode_truth())
+    path = src / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["episode_index"]), path)
+    with pytest.raises(UserError, match=r"meta/episodes, row 1: episode_index=None"):
+        convert(src, tmp_path / "o.zarr")
+    path.write_bytes(b"garbage")
+    with pytest.raises(UserError, match=r"file-000.parquet cannot be read as parquet"):
+        convert(src, tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_lerobot_corrupt_episode_is_skipped_with_skip_bad(tmp_path):
+    src = tmp_path / "ds"
+    write_v21(src, episode_truth())
+    (src / "data" / "chunk-000" / "episode_000001.parquet").write_bytes(b"PAR1junk")
+    summary = convert(src, tmp_path / "o.zarr", "skip_bad=true")
+    assert [d["episode"] for d in summary["dropped"]] == ["1"] and summary["episodes"] == 2

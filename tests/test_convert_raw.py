@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -200,3 +201,43 @@ def test_raw_obs_list_joins_fields_in_order(raw_logs, tmp_path):
         convert(root, tmp_path / "x.zarr", "keys.cameras={}", "keys.obs={robot_state:[state,torque]}")
     with pytest.raises(UserError, match=r"keys.cameras.front=\['a', 'b'\]: a camera maps to one key"):
         convert(root, tmp_path / "y.zarr", "keys.cameras={front:[a,b]}")
+
+
+def _npz_episode(folder: Path, **fields) -> None:
+    folder.mkdir(parents=True)
+    t = np.arange(4) * 0.1
+    np.savez(folder / "steps.npz", **{"timestamp": t, "action": np.zeros((4, 2)), "state": np.ones((4, 3)), **fields})
+    (folder / "episode.json").write_text('{"success": true}')
+
+
+def test_raw_truncated_or_malformed_npz_is_named(tmp_path):
+    """Issue 11, item 12: a truncated .npz gave a BadZipFile traceback; now the table is named (and skip_bad skips
+    the episode)."""
+    logs = tmp_path / "logs"
+    _npz_episode(logs / "ep_0")
+    _npz_episode(logs / "ep_1")
+    table = logs / "ep_1" / "steps.npz"
+    table.write_bytes(table.read_bytes()[:60])
+    with pytest.raises(UserError, match=r"^episode ep_1: table .*steps.npz cannot be read as NPZ \(BadZipFile"):
+        convert(logs, tmp_path / "o.zarr", "keys.cameras={}")
+    assert not list(tmp_path.glob("o.zarr*"))
+    summary = convert(logs, tmp_path / "o.zarr", "keys.cameras={}", "skip_bad=true")
+    assert [d["episode"] for d in summary["dropped"]] == ["ep_1"] and summary["episodes"] == 1
+    other = tmp_path / "other"
+    _npz_episode(other / "ep_0", timestamp=np.array(["a", "b", "c", "d"]))
+    with pytest.raises(UserError, match=r"field timestamp: timestamps must be numbers"):
+        convert(other, tmp_path / "p.zarr", "keys.cameras={}")
+    single = tmp_path / "single"
+    _npz_episode(single / "ep_0", gripper=np.float64(1.0))
+    with pytest.raises(UserError, match=r"field gripper: a single value; expected one row per timestamp"):
+        convert(single, tmp_path / "q.zarr", "keys.cameras={}")
+
+
+def test_raw_image_camera_without_timestamps_is_named(raw_logs, tmp_path):
+    root, _ = raw_logs
+    logs = tmp_path / "logs"
+    shutil.copytree(root / "ep_000", logs / "ep_000")
+    (logs / "ep_000" / "cameras" / "wrist" / "timestamps.txt").unlink()
+    with pytest.raises(UserError, match=r"camera wrist: .*timestamps.txt cannot be read"):
+        convert(logs, tmp_path / "o.zarr")
+    assert not list(tmp_path.glob("o.zarr*"))

@@ -240,3 +240,64 @@ def test_observation_from_fields_checks_lengths_shapes_and_numbers():
         observation_from_fields("k", ["a", "text"], arrays.get, "ep7")
     with pytest.raises(UserError, match=r"episode ep7, field nope: missing \(keys.obs.k\); have \['a', 'b'\]"):
         observation_from_fields("k", ["a", "nope"], arrays.get, "ep7", have=["b", "a"])
+
+
+def _replace_with_dataset(f: h5py.File, name: str) -> None:
+    del f[name]
+    f.create_dataset(name, data=np.zeros((3, 3)))
+
+
+def _ragged_obs(f: h5py.File) -> None:
+    demo = f["data/demo_0"]
+    for group in ("obs", "next_obs"):
+        del demo[f"{group}/robot0_eef_pos"]
+        ragged = demo.create_dataset(f"{group}/robot0_eef_pos", (4,), dtype=h5py.vlen_dtype(np.float32))
+        for row, size in enumerate((3, 2, 3, 3)):
+            ragged[row] = np.zeros(size, dtype=np.float32)
+
+
+BROKEN_HDF5 = {
+    "env_args not JSON": (lambda f: f["data"].attrs.__setitem__("env_args", "{not json"),
+                          r"attribute data.env_args is not valid JSON"),
+    "env_args a list": (lambda f: f["data"].attrs.__setitem__("env_args", "[1]"),
+                        r"attribute data.env_args is '\[1\]'; expected a JSON object"),
+    "obs a dataset": (lambda f: _replace_with_dataset(f, "data/demo_0/obs"),
+                      r"^episode demo_0, field obs: is an HDF5 Dataset; expected a group"),
+    "next_obs a dataset": (lambda f: _replace_with_dataset(f, "data/demo_0/next_obs"),
+                           r"^episode demo_0, field next_obs: is an HDF5 Dataset; expected a group"),
+    "ragged vlen obs": (_ragged_obs, r"^episode demo_0, field obs/robot0_eef_pos: dtype object is not numeric"),
+    "actions a group": (lambda f: (f["data/demo_0"].__delitem__("actions"), f["data/demo_0"].create_group("actions")),
+                        r"^episode demo_0, field actions: is an HDF5 Group; expected a dataset of numbers"),
+    "dones 2-D": (lambda f: (f["data/demo_0"].__delitem__("dones"),
+                             f["data/demo_0"].create_dataset("dones", data=np.zeros((4, 2)))),
+                  r"^episode demo_0, field dones: shape \(4, 2\); expected one value per step"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_HDF5))
+def test_robomimic_broken_files_are_named(tmp_path, case):
+    """Issue 11, item 12: each of these gave a traceback; now one paragraph naming the attribute or the demo and
+    field, and no output."""
+    path = tmp_path / "split.hdf5"
+    write_split_proprio(path)
+    breaker, message = BROKEN_HDF5[case]
+    with h5py.File(path, "a") as f:
+        breaker(f)
+    with pytest.raises(UserError, match=message) as info:
+        convert(path, tmp_path / "o.zarr", "keys.cameras={}")
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.glob("o.zarr*"))
+
+
+def test_short_reward_column_names_the_field_and_config_errors_blame_no_episode(tmp_path):
+    path = tmp_path / "split.hdf5"
+    write_split_proprio(path)
+    with h5py.File(path, "a") as f:
+        f["data/demo_0"].create_dataset("rewards", data=np.zeros(1))
+    with pytest.raises(UserError, match=r"^episode demo_0, field rewards: 1 rewards for 4 steps"):
+        convert(path, tmp_path / "o.zarr", "reward.rule=column")
+    # a list joining an image field is a config error: no 'episode demo_0:' prefix, no skip_bad hint
+    with pytest.raises(UserError) as info:
+        convert(path, tmp_path / "b.zarr", "keys.obs={robot_state:[robot0_eef_pos,agentview_image]}", "skip_bad=true")
+    assert str(info.value).startswith("keys.obs.robot_state=") and "skip_bad" not in str(info.value)
+    assert not list(tmp_path.glob("*.zarr*"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +115,50 @@ def test_bad_input_gives_short_errors(dataset, tmp_path):
     # a dataset recorded for another task is refused with the key named
     proc = run_app("pretrain", "task=pick_place", f"dataset={dataset}", f"run_dir={tmp_path / 'p'}", check=False)
     assert proc.returncode == 2 and "agentview_rgb" in proc.stderr
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_refused_resume_leaves_the_run_directory_unchanged(pretrained, dataset, tmp_path):
+    """Issue 11, items 10 and 11: a bad value, another architecture or a checkpoint without RNG states is refused in
+    one paragraph with exit status 2, and the run's config.yaml and every other file stay as they were."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(pretrained, run_dir)
+    args = [*TASK, *[a for a in SMALL if not a.startswith("agent.actor_hidden")], f"dataset={dataset}",
+            "pretrain.steps=30", "eval.every=0", f"run_dir={run_dir}"]
+    before = snapshot(run_dir)
+    proc = run_app("pretrain", *args, "agent.actor_hidden=[32,32]", "pretrain.save_every=0", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: pretrain.save_every=0 is not valid")
+    assert snapshot(run_dir) == before
+    proc = run_app("pretrain", *args, "agent.actor_hidden=[16,16]", check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]  # (gymnasium warns too)
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    message = errors[0]
+    assert "agent state for 'actor' does not match" in message and "shapes differ for actor." in message
+    assert "agent.actor_hidden" in message and len(message) < 1000
+    assert snapshot(run_dir) == before  # config.yaml still says [32, 32]
+    state_path = find_checkpoint(run_dir) / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["rng"]
+    state_path.write_text(json.dumps(state))
+    before = snapshot(run_dir)
+    proc = run_app("pretrain", *args, "agent.actor_hidden=[32,32]", check=False)
+    assert proc.returncode == 2 and "state.json lacks ['rng']" in proc.stderr and "Traceback" not in proc.stderr
+    assert snapshot(run_dir) == before
+
+
+def test_empty_store_is_refused_without_a_run_directory(dataset, tmp_path):
+    from calql_robot.datasets.format import DatasetWriter
+
+    source = ZarrDataset(dataset)
+    empty = tmp_path / "empty.zarr"
+    DatasetWriter.create(empty, source.obs_spec, source.attrs["action_low"], source.attrs["action_high"],
+                         task="antmaze_umaze", control_freq=20.0, reward_success=1.0, reward_failure=0.0).close()
+    proc = run_app("pretrain", *TASK, *SMALL, f"dataset={empty}", "pretrain.steps=5", "eval.every=0",
+                   f"run_dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2 and "empty.zarr' holds no episodes (0 transitions)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

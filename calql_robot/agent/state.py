@@ -34,10 +34,40 @@ def take_prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str,
 def load_module(module: nn.Module, prefix: str, tensors: Mapping[str, torch.Tensor]) -> None:
     """Load ``prefix.*`` entries into ``module`` strictly; mismatches raise UserError naming the keys."""
     own = take_prefixed(tensors, prefix)
-    try:
-        module.load_state_dict(own, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"agent state for '{prefix}' does not match this agent's network: {err}") from None
+    problem = describe_mismatch(module, prefix, own)
+    if problem is None:
+        try:
+            module.load_state_dict(own, strict=True)
+            return
+        except RuntimeError as err:  # a mismatch the shape comparison did not see: torch's first line names it
+            problem = str(err).strip().splitlines()[0]
+    raise UserError(f"agent state for '{prefix}' does not match this agent's network: {problem}. The checkpoint was "
+                    "written for other agent options (e.g. agent.actor_hidden, agent.critic_hidden, agent.num_critics, "
+                    "the encoder or the task's observations): use the options it was trained with (its run "
+                    "directory's config.yaml) or a new run_dir") from None
+
+
+def describe_mismatch(module: nn.Module, prefix: str, own: Mapping[str, torch.Tensor], limit: int = 3) -> str | None:
+    """One sentence naming (at most ``limit`` of each) the parameters whose shapes differ, that are missing from
+    ``own`` or that ``module`` does not have; None when names and shapes all match."""
+    expected = {name: tuple(value.shape) for name, value in module.state_dict().items()}
+
+    def listing(names: list[str]) -> str:
+        more = f" and {len(names) - limit} more" if len(names) > limit else ""
+        return ", ".join(names[:limit]) + more
+
+    resized = [f"{prefix}.{name} (checkpoint {list(own[name].shape)}, this agent {list(shape)})"
+               for name, shape in expected.items() if name in own and tuple(own[name].shape) != shape]
+    missing = [f"{prefix}.{name}" for name in expected if name not in own]
+    unexpected = [f"{prefix}.{name}" for name in own if name not in expected]
+    parts = []
+    if resized:
+        parts.append(f"shapes differ for {listing(resized)}")
+    if missing:
+        parts.append(f"the checkpoint lacks {listing(missing)}")
+    if unexpected:
+        parts.append(f"the checkpoint has parameters this agent does not: {listing(unexpected)}")
+    return "; ".join(parts) if parts else None
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, prefix: str, tensors: Mapping[str, torch.Tensor]) -> None:

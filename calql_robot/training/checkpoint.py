@@ -40,17 +40,51 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(tensors["rng/torch"])
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
-        if states:
-            torch.cuda.set_rng_state_all(states)
-    py = meta["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    nps = meta["numpy"]
-    np.random.set_state((nps[0], np.asarray(nps[1], dtype=np.uint32), nps[2], nps[3], nps[4]))
+def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str = "checkpoint") -> None:
+    """Inverse of :func:`rng_state`; a missing or malformed state is a UserError naming ``where``."""
+    try:
+        torch_state = tensors["rng/torch"]
+        py = meta["python"]
+        nps = meta["numpy"]
+        python_state = (int(py[0]), tuple(int(v) for v in py[1]), None if py[2] is None else float(py[2]))
+        numpy_state = (str(nps[0]), np.asarray(nps[1], dtype=np.uint32), int(nps[2]), int(nps[3]), float(nps[4]))
+        torch.set_rng_state(torch_state)
+        if torch.cuda.is_available():
+            states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
+            if states:
+                torch.cuda.set_rng_state_all(states)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise UserError(f"{where}: the saved random-number state is missing or malformed ({type(err).__name__}: "
+                        f"{err}); the checkpoint was not written by pretrain/finetune or was edited: resume from "
+                        "another checkpoints/step_* folder or start a new run_dir") from None
+
+
+def restore_generator(rng: np.random.Generator, saved: Any, where: str) -> None:
+    """Set ``rng``'s bit generator state from a saved ``bit_generator.state`` dict; UserError if it does not fit."""
+    try:
+        rng.bit_generator.state = saved
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        raise UserError(f"{where}: the saved sampler state is malformed ({type(err).__name__}: {err}); expected "
+                        f"numpy's {type(rng.bit_generator).__name__} state as written by pretrain/finetune") from None
+
+
+def check_state_keys(state: dict[str, Any], folder: str | Path, keys: tuple[str, ...], purpose: str) -> None:
+    """Raise UserError naming ``folder``'s state.json if it lacks any of ``keys`` (needed for ``purpose``)."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise UserError(f"checkpoint '{folder}': {STATE_FILE} lacks {missing}, which {purpose} needs; it was not "
+                        f"written by this version of pretrain/finetune, or was edited. Resume from another "
+                        f"checkpoints/step_* folder or start a new run_dir")
+
+
+def saved_step(state: dict[str, Any], folder: str | Path) -> int:
+    """The checkpoint's ``step`` as an int; UserError naming ``folder`` if it is not a non-negative whole number."""
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UserError(f"checkpoint '{folder}': {STATE_FILE} has step={step!r}; expected a non-negative whole number")
+    return step
 
 
 def save_checkpoint(
@@ -118,6 +152,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except (OSError, ValueError, SafetensorError) as err:
         raise UserError(f"checkpoint '{folder}' is unreadable or corrupt ({err}); expected a safetensors file "
                         f"{TENSORS_FILE} and a JSON file {STATE_FILE}") from err
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint '{folder}': {STATE_FILE} holds a JSON {type(state).__name__}; expected an object "
+                        "with the step, RNG states and config written by pretrain/finetune")
     return tensors, state
 
 

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from calql_robot.errors import UserError
 from calql_robot.training import session
-from calql_robot.training.checkpoint import find_checkpoint, load_checkpoint
+from calql_robot.training.checkpoint import find_checkpoint, load_checkpoint, saved_step
+from calql_robot.training.config_check import TASK_RULES, check_agent_config, check_evaluate_config, check_keys
 
 EPISODE_COLUMNS = ("seed", "success", "return", "length")
 
@@ -36,7 +37,7 @@ def resolve_task(cfg: DictConfig, state: dict[str, Any], ckpt: Path) -> DictConf
     that is read (``+task.env.horizon=N``) instead.
     """
     saved = state["config"].get("task")
-    if not saved or "name" not in saved:
+    if not isinstance(saved, dict) or "name" not in saved:
         raise UserError(f"checkpoint '{ckpt}' names no task in its saved config; pass task=NAME (configs/task/)")
     given = cfg.get("task")
     if given is None:
@@ -108,13 +109,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     if not source:
         raise UserError("evaluate needs checkpoint=PATH: a pretrain/finetune run directory or one of its "
                         "checkpoints/step_* folders")
+    check_evaluate_config(cfg)
     if not Path(str(source)).expanduser().exists():
         raise UserError(f"checkpoint '{source}' does not exist; expected a pretrain/finetune run directory or one of "
                         f"its checkpoints/step_* folders")
     ckpt = find_checkpoint(str(source))
     tensors, state = load_checkpoint(ckpt or str(source))  # no checkpoint there: a UserError saying so
     ckpt = ckpt.resolve()
-    if "config" not in state:
+    if not isinstance(state.get("config"), dict):
         raise UserError(f"checkpoint '{ckpt}' has no saved config in its state.json, so its agent cannot be rebuilt")
     task = resolve_task(cfg, state, ckpt)
     output = resolve_output(cfg, str(task.name), ckpt)
@@ -122,6 +124,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     cfg.task = task
     cfg = session.agent_cfg_for_finetune(cfg, state)  # the checkpoint's agent unless agent=... is given
+    check_keys(cfg, TASK_RULES, f"the task config saved in checkpoint '{ckpt}'")
+    check_agent_config(cfg)
     device = session.setup_torch(cfg)
     video = bool(cfg.eval.video) and int(cfg.eval.video_episodes) > 0
     env = make_task_env(cfg.task, seed=int(cfg.eval.seed), render=video)
@@ -129,7 +133,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         env_spec = obs_spec_from_space(env.observation_space)
         agent = session.build_agent_for(cfg, env_spec, int(env.action_space.shape[0]), device, build_agent)
         session.restore_agent(agent, tensors, state)
-        step = int(state.get("step", 0))
+        step = saved_step(state, ckpt) if "step" in state else 0
         print(f"evaluating {ckpt} (step {step}) on task '{cfg.task.name}': {int(cfg.eval.episodes)} episodes from "
               f"env seed {int(cfg.eval.seed)}; writing to {output}")
         output.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,18 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from calql_robot.errors import UserError
 from calql_robot.training import session
-from calql_robot.training.checkpoint import find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from calql_robot.training.checkpoint import (
+    check_state_keys,
+    find_checkpoint,
+    load_checkpoint,
+    restore_generator,
+    restore_rng_state,
+    save_checkpoint,
+    saved_step,
+)
+from calql_robot.training.config_check import check_pretrain_config
 from calql_robot.training.logger import MetricsLogger
 from calql_robot.training.plots import plot_run
 from calql_robot.training.replay import MixedSampler, ReplayBuffer, RewardTransform, batch_to_torch
@@ -25,19 +35,31 @@ def load_offline_buffer(cfg: DictConfig, path: Path, env_obs_spec: dict[str, Any
     cache_mb = OmegaConf.select(cfg, "data.cache_mb", default=1024)
     dataset = ZarrDataset(path, lazy=lazy, **({"cache_bytes": int(cache_mb) * 2**20} if lazy else {}))
     session.check_obs_spec(dataset.obs_spec, env_obs_spec, path, cfg.task.name)
+    if int(dataset.n_transitions) == 0:
+        raise UserError(f"dataset '{path}' holds no episodes (0 transitions), so there is nothing to train on; "
+                        "collect or convert episodes into it first (python -m calql_robot.collect / convert)"
+                        + (", or pass finetune.mixing_ratio=0 to fine-tune on online data only"
+                           if "finetune" in cfg else ""))
     buffer = ReplayBuffer.from_dataset(dataset, RewardTransform.from_task(cfg.task), keys=set(env_obs_spec))
     print(f"offline data: {path} ({dataset.n_episodes} episodes, {dataset.n_transitions} transitions, "
           f"{'lazy' if lazy else f'{buffer.bytes_per_transition() / 1024:.1f} KiB/transition in RAM'})")
     return dataset, buffer
 
 
-def run_pretrain(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Offline Cal-QL / CQL / SAC training of ``cfg.agent`` on the task's dataset; returns the final metrics."""
+def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Offline Cal-QL / CQL / SAC training of ``cfg.agent`` on the task's dataset; returns the final metrics.
+
+    The config, the dataset and a resumed checkpoint (its RNG states and network shapes) are all checked before the
+    run directory is created or its ``config.yaml`` written, so a refused run leaves the directory as it was.
+    """
     from calql_robot.agent import build_agent
+    from calql_robot.app import prepare_run_dir
     from calql_robot.datasets.format import obs_spec_from_space
     from calql_robot.envs import make_task_env
 
+    check_pretrain_config(cfg)
     pcfg = cfg.pretrain
+    run_dir = session.run_dir_path(cfg)
     device = session.setup_torch(cfg)
     path = session.ensure_dataset(cfg)
     env = make_task_env(cfg.task, seed=int(cfg.seed), render=bool(cfg.eval.video))
@@ -51,11 +73,13 @@ def run_pretrain(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt = find_checkpoint(run_dir)
     if ckpt is not None:
         tensors, state = load_checkpoint(ckpt)
+        check_state_keys(state, ckpt, ("step", "rng", "sampler_rng"), "resuming this pretrain run")
         session.restore_agent(agent, tensors, state)
-        restore_rng_state(tensors, state["rng"])
-        sampler.rng.bit_generator.state = state["sampler_rng"]
-        step = int(state["step"])
+        restore_rng_state(tensors, state["rng"], f"checkpoint '{ckpt}'")
+        restore_generator(sampler.rng, state["sampler_rng"], f"checkpoint '{ckpt}'")
+        step = saved_step(state, ckpt)
         print(f"resuming from {ckpt} at step {step}")
+    prepare_run_dir(cfg)  # everything above was checked: only now is the run directory created or its config saved
     logger = MetricsLogger(run_dir, resume_step=step if ckpt is not None else None)
 
     def save() -> Path:
@@ -87,7 +111,7 @@ def run_pretrain(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     bar.close()
     logger.close()
     env.close()
-    if step0 == total:
+    if step0 >= total:
         print(f"run already complete at step {total}; nothing to do (raise pretrain.steps to train longer)")
     plots = plot_run(run_dir)
     print(f"checkpoint: {find_checkpoint(run_dir)}")

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from calql_robot.errors import UserError
 from calql_robot.training import session
-from calql_robot.training.checkpoint import find_checkpoint, restore_rng_state, save_checkpoint
+from calql_robot.training.checkpoint import find_checkpoint, restore_generator, restore_rng_state, save_checkpoint
+from calql_robot.training.config_check import check_agent_config, check_finetune_config
 from calql_robot.training.episodes import EpisodeRecorder, OnlineStore
 from calql_robot.training.logger import MetricsLogger
 from calql_robot.training.offline import load_offline_buffer
@@ -25,16 +26,35 @@ from calql_robot.training.plots import plot_run
 from calql_robot.training.replay import MixedSampler, ReplayBuffer, RewardTransform, batch_to_torch
 
 
-def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Fine-tune online for ``cfg.finetune.env_steps`` environment steps; returns the final metrics."""
+def _saved_counters(state: dict[str, Any], ckpt: Path) -> dict[str, int]:
+    """The checkpoint's counters (env_steps, updates, episodes, successes) as ints; UserError if malformed."""
+    saved = state.get("counters")
+    keys = ("env_steps", "updates", "episodes", "successes")
+    if not isinstance(saved, dict) or any(isinstance(saved.get(k), bool) or not isinstance(saved.get(k), int)
+                                          or saved[k] < 0 for k in keys):
+        raise UserError(f"checkpoint '{ckpt}': state.json has counters={saved!r}; expected non-negative whole "
+                        f"numbers {list(keys)} as written by finetune")
+    return {k: int(saved[k]) for k in keys}
+
+
+def run_finetune(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune online for ``cfg.finetune.env_steps`` environment steps; returns the final metrics.
+
+    The config, the checkpoint (merged agent options, RNG states, network shapes) and the offline data are all
+    checked before the run directory is created or its ``config.yaml`` written.
+    """
     from calql_robot.agent import build_agent
+    from calql_robot.app import prepare_run_dir
     from calql_robot.datasets.format import obs_spec_from_space
     from calql_robot.envs import make_task_env
 
     if not cfg.get("checkpoint"):
         raise UserError("finetune needs checkpoint=PATH: a pretrain run directory or one of its checkpoint folders")
+    check_finetune_config(cfg)
+    run_dir = session.run_dir_path(cfg)
+    cfg, own_ckpt, pre_tensors, pre_state = session.load_start_checkpoint(cfg, run_dir, cfg.checkpoint)
+    check_agent_config(cfg)  # the agent actually used: the checkpoint's options with agent.KEY overrides on top
     fcfg = cfg.finetune
-    cfg, own_ckpt, pre_tensors, pre_state = session.continue_from_checkpoint(cfg, run_dir, cfg.checkpoint)
     device = session.setup_torch(cfg)
     env = make_task_env(cfg.task, seed=int(cfg.seed))
     eval_env = make_task_env(cfg.task, seed=int(cfg.seed) + 1, render=bool(cfg.eval.video))
@@ -48,15 +68,16 @@ def run_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     agent = session.build_agent_for(cfg, env_spec, action_dim, device, build_agent)
     session.restore_agent(agent, pre_tensors, pre_state)
 
-    store = OnlineStore(run_dir / "online.zarr", env_spec, env.action_space, cfg.task)
     counters = {"env_steps": 0, "updates": 0, "episodes": 0, "successes": 0}
     if own_ckpt is not None:
-        restore_rng_state(pre_tensors, pre_state["rng"])
-        sampler.rng.bit_generator.state = pre_state["sampler_rng"]
-        counters.update(pre_state["counters"])
+        restore_rng_state(pre_tensors, pre_state["rng"], f"checkpoint '{own_ckpt}'")
+        restore_generator(sampler.rng, pre_state["sampler_rng"], f"checkpoint '{own_ckpt}'")
+        counters.update(_saved_counters(pre_state, own_ckpt))
         print(f"resuming fine-tuning from {own_ckpt} at env step {counters['env_steps']}")
     else:
         print(f"fine-tuning from {cfg.checkpoint}")
+    prepare_run_dir(cfg)  # everything above was checked: only now is the run directory created or its config saved
+    store = OnlineStore(run_dir / "online.zarr", env_spec, env.action_space, cfg.task)
     store.load_into(online, counters)  # episodes stored after the last checkpoint are kept and counted once
     resumed = own_ckpt is not None or counters["episodes"] > 0
     logger = MetricsLogger(run_dir, resume_step=counters["env_steps"] if resumed else None)

@@ -48,21 +48,28 @@ def setup_torch(cfg: DictConfig) -> torch.device:
     return device
 
 
-def agent_cfg_for_finetune(cfg: DictConfig, pre_state: dict[str, Any]) -> DictConfig:
+def agent_cfg_for_finetune(cfg: DictConfig, pre_state: dict[str, Any],
+                           overrides: list[str] | None = None) -> DictConfig:
     """The pre-training run's agent config, with the command line's ``agent.KEY=VALUE`` overrides on top.
 
     ``agent=NAME`` on the command line picks a whole new agent config instead. Keys the checkpoint's config lacks
     (options added after it was written) take the composed config's values, so an older checkpoint gets today's
-    defaults for them.
+    defaults for them. ``overrides`` are the command line's ``key=value`` strings (default: hydra's).
     """
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    if overrides is None:
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
-    if "agent" in keys or "config" not in pre_state or "agent" not in pre_state["config"]:
+    saved_cfg = pre_state.get("config")
+    if "agent" in keys or not isinstance(saved_cfg, dict) or "agent" not in saved_cfg:
         return cfg
+    if not isinstance(saved_cfg["agent"], dict):
+        raise UserError(f"the checkpoint's saved config has agent={saved_cfg['agent']!r}; expected the agent options "
+                        "as a mapping (state.json was edited or not written by pretrain/finetune): pass agent=NAME to "
+                        "choose the agent explicitly")
     merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    saved = OmegaConf.create(pre_state["config"]["agent"])
+    saved = OmegaConf.create(saved_cfg["agent"])
     composed = merged.agent
     merged.agent = OmegaConf.merge(composed, saved)  # saved values win; keys it lacks keep the composed values
     for key in keys:
@@ -73,19 +80,32 @@ def agent_cfg_for_finetune(cfg: DictConfig, pre_state: dict[str, Any]) -> DictCo
     return merged
 
 
-def continue_from_checkpoint(cfg: DictConfig, run_dir: Path, source: Any) -> tuple[DictConfig, Path | None, Any, Any]:
-    """Load the run's own newest checkpoint (resume) or else ``source`` (a run to start from).
+def load_start_checkpoint(cfg: DictConfig, run_dir: Path, source: Any) -> tuple[DictConfig, Path | None, Any, Any]:
+    """Load the run's own newest checkpoint (resume) or else ``source`` (a run to start from); writes nothing.
 
     Returns (cfg with the checkpoint's agent unless the command line overrides it, the run's own checkpoint or None,
-    tensors, state) and saves that cfg as ``run_dir/config.yaml``.
+    tensors, state). A resumed checkpoint must hold the RNG and sampler states of a finetune/deploy run.
     """
-    from calql_robot.training.checkpoint import find_checkpoint, load_checkpoint
+    from calql_robot.training.checkpoint import check_state_keys, find_checkpoint, load_checkpoint
 
     own_ckpt = find_checkpoint(run_dir)
     tensors, state = load_checkpoint(own_ckpt or source)
+    if own_ckpt is not None:
+        check_state_keys(state, own_ckpt, ("step", "rng", "sampler_rng", "counters"), "resuming this run")
     cfg = agent_cfg_for_finetune(cfg, state)
+    return cfg, own_ckpt, tensors, state
+
+
+def continue_from_checkpoint(cfg: DictConfig, run_dir: Path, source: Any) -> tuple[DictConfig, Path | None, Any, Any]:
+    """:func:`load_start_checkpoint`, then save the cfg (with the agent actually used) as ``run_dir/config.yaml``."""
+    cfg, own_ckpt, tensors, state = load_start_checkpoint(cfg, run_dir, source)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the agent actually used
     return cfg, own_ckpt, tensors, state
+
+
+def run_dir_path(cfg: DictConfig) -> Path:
+    """``cfg.run_dir`` as an absolute path; not created (see :func:`calql_robot.app.prepare_run_dir`)."""
+    return Path(str(cfg.run_dir)).expanduser().resolve()
 
 
 def dataset_path(cfg: DictConfig) -> Path:

@@ -45,6 +45,8 @@ def _read_timestamps_txt(path: Path, where: str) -> np.ndarray:
         values = np.loadtxt(path, dtype=np.float64, ndmin=1)
     except ValueError as err:
         raise UserError(f"{where}: {path} must hold one timestamp (s) per line ({err})") from None
+    except OSError as err:
+        raise UserError(f"{where}: {path} cannot be read ({err}); expected one timestamp (s) per line") from None
     return check_timestamps(values, f"{where}, {path.name}")
 
 
@@ -168,7 +170,8 @@ class RawEpisodeReader:
             reward_column = aligned(str(self.cfg.reward.column or "reward"))[:-1]
         outcome = read_outcome(folder)
         return SourceEpisode(episode, obs, actions, success=outcome.get("success"), reward_column=reward_column,
-                             info={"task": outcome.get("task")})
+                             info={"task": outcome.get("task"),
+                                   "reward_field": str(self.cfg.reward.column or "reward")})
 
 
 def read_outcome(folder: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +77,16 @@ def _read_jsonl(path: Path) -> dict[str, np.ndarray]:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise UserError(f"table {path} holds a single .npy array, not an NPZ archive of named fields")
             return {name: np.asarray(npz[name]) for name in npz.files}
     except ValueError as err:
-        raise UserError(f"table {path}: cannot be read without unpickling objects ({err})") from None
-    except OSError as err:
-        raise UserError(f"table {path} cannot be read as NPZ ({err})") from None
+        if "allow_pickle" in str(err) or "pickle" in str(err).lower():
+            raise UserError(f"table {path}: cannot be read without unpickling objects ({err})") from None
+        raise UserError(f"table {path} cannot be read as NPZ ({err}); the file is truncated or corrupt") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError) as err:
+        raise UserError(f"table {path} cannot be read as NPZ ({type(err).__name__}: {err}); the file is truncated or "
+                        "corrupt") from None
 
 
 def read_table(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -91,6 +97,8 @@ def read_table(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         raise UserError(f"table {path}: no '{TIMESTAMP}' column (seconds); have {sorted(fields)}")
     times = check_timestamps(fields.pop(TIMESTAMP), f"table {path}, field {TIMESTAMP}")
     for name, values in fields.items():
+        if values.ndim == 0:
+            raise UserError(f"table {path}, field {name}: a single value; expected one row per timestamp")
         if values.shape[0] != times.shape[0]:
             raise UserError(f"table {path}, field {name}: {values.shape[0]} rows but {times.shape[0]} timestamps")
     return times, fields

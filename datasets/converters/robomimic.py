@@ -11,6 +11,7 @@ the outcome and the task rule come from the environment's success check.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from calql_robot.datasets.converters.common import (
 )
 from calql_robot.datasets.converters.robosuite_replay import RobosuiteReplayer, env_kwargs_from_attrs
 from calql_robot.datasets.converters.writing import write_episodes
-from calql_robot.errors import UserError
+from calql_robot.errors import ConfigError, UserError
 
 DEFAULT_REPLAY_OBS = {"robot0_eef_pos": "robot0_eef_pos", "robot0_eef_quat": "robot0_eef_quat",
                       "robot0_gripper_qpos": "robot0_gripper_qpos", "object": "object-state"}
@@ -42,13 +43,16 @@ DEFAULT_REPLAY_SIZE = (84, 84)
 
 def demo_names(f: h5py.File, filter_key: str | None, path: Path) -> list[str]:
     """Demo group names in numeric order (demo_2 before demo_10), optionally those of mask/<filter_key>."""
-    if "data" not in f:
+    if "data" not in f or not isinstance(f["data"], h5py.Group):
         raise UserError(f"input {path}: no 'data' group (expected data/demo_0, data/demo_1, ...)")
     names = [n for n in f["data"] if isinstance(f["data"][n], h5py.Group)]
     if filter_key is not None:
-        if f"mask/{filter_key}" not in f:
+        mask = f.get(f"mask/{filter_key}")
+        if mask is None:
             raise UserError(f"input {path}: robomimic.filter_key={filter_key!r} but there is no mask/{filter_key}")
-        wanted = {n.decode() if isinstance(n, bytes) else str(n) for n in f[f"mask/{filter_key}"][:]}
+        if not isinstance(mask, h5py.Dataset) or mask.ndim != 1 or mask.dtype.kind not in "SOU":
+            raise UserError(f"input {path}: mask/{filter_key} is not a 1-D list of demo names (e.g. b'demo_0')")
+        wanted = {n.decode() if isinstance(n, bytes) else str(n) for n in mask[()]}
         names = [n for n in names if n in wanted]
 
     def order(name: str) -> tuple[int, str]:
@@ -58,9 +62,50 @@ def demo_names(f: h5py.File, filter_key: str | None, path: Path) -> list[str]:
     return sorted(names, key=order)
 
 
+def check_env_attrs(attrs: dict[str, Any], path: Path) -> None:
+    """``data`` attributes env_args (robomimic) / env_info (robosuite), when present, must be JSON objects."""
+    for name in ("env_args", "env_info"):
+        if name not in attrs:
+            continue
+        raw = attrs[name]
+        raw = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else None
+        except json.JSONDecodeError as err:
+            raise UserError(f"input {path}: attribute data.{name} is not valid JSON ({err.msg}); expected a JSON "
+                            "object naming env_name and env_kwargs") from None
+        if not isinstance(value, dict) or not isinstance(value.get("env_kwargs", {}), dict):
+            raise UserError(f"input {path}: attribute data.{name} is {raw!r:.80}; expected a JSON object naming "
+                            "env_name, with env_kwargs an object")
+
+
+def numeric_values(node: Any, episode: str, label: str) -> np.ndarray:
+    """The values of an HDF5 dataset of numbers; an episode error naming ``label`` for a group, a ragged
+    (variable-length) or string dataset, or one that cannot be read."""
+    if not isinstance(node, h5py.Dataset):
+        raise episode_error(episode, label, f"is an HDF5 {type(node).__name__}; expected a dataset of numbers")
+    if node.dtype.kind not in "biuf":
+        raise episode_error(episode, label, f"dtype {node.dtype} is not numeric (ragged variable-length or string "
+                                            "values); expected an (N, ...) array of numbers")
+    try:
+        return np.asarray(node[()])
+    except (OSError, ValueError, TypeError) as err:
+        raise episode_error(episode, label, f"cannot be read ({err})") from None
+
+
+def _group(demo: h5py.Group, key: str, episode: str) -> h5py.Group:
+    """``demo[key]`` (obs / next_obs), which must be a group of per-field datasets."""
+    node = demo[key]
+    if not isinstance(node, h5py.Group):
+        raise episode_error(episode, key, f"is an HDF5 {type(node).__name__}; expected a group holding one dataset per "
+                                          f"observation field ({key}/<field>)")
+    return node
+
+
 def _is_image_field(field: str, dataset: h5py.Dataset) -> bool:
     """A robomimic obs field holding camera images: ``<cam>_image``, or uint8 (N, H, W, C)."""
-    return field.endswith("_image") or (dataset.ndim == 4 and dataset.dtype == np.uint8)
+    return field.endswith("_image") or (isinstance(dataset, h5py.Dataset) and dataset.ndim == 4
+                                        and dataset.dtype == np.uint8)
 
 
 def _camera_field(cam: str, fields: list[str], images: list[str], episode: str) -> str:
@@ -97,10 +142,11 @@ class RobomimicReader:
         except OSError as err:
             raise UserError(f"input {self.path} cannot be opened as HDF5 ({err})") from None
         self.attrs = dict(self.file["data"].attrs) if "data" in self.file else {}
+        check_env_attrs(self.attrs, self.path)
         self.names = demo_names(self.file, self.cfg.robomimic.filter_key, self.path)
         mode = str(cfg.robomimic.replay).lower()
         if mode not in ("auto", "true", "false"):
-            raise UserError(f"robomimic.replay={cfg.robomimic.replay!r}: expected auto, true or false")
+            raise ConfigError(f"robomimic.replay={cfg.robomimic.replay!r}: expected auto, true or false")
         self.replay_mode = mode
         self.size = parse_image_size(cfg.image_size)
         self._replayer: RobosuiteReplayer | None = None
@@ -124,17 +170,29 @@ class RobomimicReader:
     def _read(self, demo: h5py.Group, name: str, field: str) -> np.ndarray:
         if field not in demo:
             raise episode_error(name, field, f"missing from data/{name}; has {sorted(demo.keys())}")
-        return np.asarray(demo[field][()])
+        return numeric_values(demo[field], name, field)
+
+    def _per_step(self, demo: h5py.Group, name: str, field: str) -> np.ndarray | None:
+        """A per-step 1-D column (rewards, dones) or None when the demo has no such field."""
+        if field not in demo:
+            return None
+        values = numeric_values(demo[field], name, field)
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values[:, 0]
+        if values.ndim != 1:
+            raise episode_error(name, field, f"shape {values.shape}; expected one value per step (N,)")
+        return values
 
     def load(self, name: str) -> SourceEpisode:
         demo = self.file["data"][name]
         action_field = str(self.cfg["keys"].action or "actions")
         actions = as_low_dim(self._read(demo, name, action_field), name, action_field)
         reward_field = str(self.cfg.reward.column or "rewards")
-        rewards = np.asarray(demo[reward_field][()]) if reward_field in demo else None
+        rewards = self._per_step(demo, name, reward_field)
+        dones = self._per_step(demo, name, "dones")
         success = None
-        if "dones" in demo and demo["dones"].shape[0]:
-            success = bool(demo["dones"][-1])
+        if dones is not None and dones.shape[0]:
+            success = bool(dones[-1])
         elif rewards is not None and rewards.shape[0]:
             success = bool(rewards[-1] >= float(self.cfg.reward.success_value))
         step_success = None
@@ -146,7 +204,7 @@ class RobomimicReader:
         n_steps = actions.shape[0]
         reward_column = None if rewards is None else rewards[:n_steps]
         return SourceEpisode(name, obs, actions, success=success, reward_column=reward_column,
-                             step_success=step_success)
+                             step_success=step_success, info={"reward_field": reward_field})
 
     def _stored_obs(self, demo: h5py.Group, name: str, actions: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
         """Observations from ``obs``/``next_obs``: keys.obs (default: every low-dim field under its own name) and,
@@ -154,23 +212,25 @@ class RobomimicReader:
         if "obs" not in demo:
             raise episode_error(name, "obs", "missing and robomimic.replay=false (states can be replayed with "
                                              "robomimic.replay=true)")
-        fields = sorted(demo["obs"].keys())
-        images = [f for f in fields if _is_image_field(f, demo["obs"][f])]
+        obs_group = _group(demo, "obs", name)
+        next_group = _group(demo, "next_obs", name) if "next_obs" in demo else None
+        fields = sorted(obs_group.keys())
+        images = [f for f in fields if _is_image_field(f, obs_group[f])]
         obs_map = obs_mapping_from_cfg(self.cfg["keys"].obs, {f: f for f in fields if f not in images})
         mapped = {f for group in obs_map.values() for f in group}
         cams = mapping_from_cfg(self.cfg["keys"].cameras, {f: f for f in images if f not in mapped}, "keys.cameras")
-        has_next = "next_obs" in demo
+        has_next = next_group is not None
         n_steps = actions.shape[0] if has_next else actions.shape[0] - 1
 
         def stored(field: str) -> np.ndarray | None:
             """(n_steps + 1, ...) values of obs/<field>, the last row from next_obs; None when there is no field."""
-            if field not in demo["obs"]:
+            if field not in obs_group:
                 return None
-            values = np.asarray(demo["obs"][field][()])
-            if has_next:
-                if field not in demo["next_obs"]:
+            values = numeric_values(obs_group[field], name, f"obs/{field}")
+            if next_group is not None:
+                if field not in next_group:
                     raise episode_error(name, f"next_obs/{field}", "missing")
-                following = np.asarray(demo["next_obs"][field][()])
+                following = numeric_values(next_group[field], name, f"next_obs/{field}")
                 _check_next_obs(values, following, name, field)
                 values = np.concatenate([values, following[-1:]], axis=0)
             if values.shape[0] != n_steps + 1:
@@ -188,8 +248,8 @@ class RobomimicReader:
         for cam, key in cams.items():
             field = _camera_field(cam, fields, images, name)
             if key in obs:
-                raise UserError(f"keys.cameras.{cam}={key!r}: key {key!r} is already an observation key from "
-                                "keys.obs; give the camera another key")
+                raise ConfigError(f"keys.cameras.{cam}={key!r}: key {key!r} is already an observation key from "
+                                  "keys.obs; give the camera another key")
             values = stored(field)
             frames = None if values is None else image(field, values)
             if frames is None:

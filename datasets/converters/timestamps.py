@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from calql_robot.errors import UserError
+from calql_robot.errors import ConfigError, UserError
 
 ALIGN_METHODS = ("nearest", "linear")
 
 
 def check_timestamps(times: np.ndarray, where: str) -> np.ndarray:
     """Return ``times`` as float64 (M,) after checking it is finite and strictly increasing; ``where`` names it."""
-    times = np.asarray(times, dtype=np.float64)
+    try:
+        times = np.asarray(times, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: timestamps must be numbers (seconds)") from None
     if times.ndim != 1 or times.shape[0] == 0:
         raise UserError(f"{where}: timestamps must be a non-empty 1-D array of seconds, got shape {times.shape}")
     if not np.all(np.isfinite(times)):
@@ -75,7 +78,7 @@ def align_stream(
     sample, subject to the same ``tolerance`` check as :func:`nearest_indices`.
     """
     if method not in ALIGN_METHODS:
-        raise UserError(f"align.method={method!r} is not known; expected one of {list(ALIGN_METHODS)}")
+        raise ConfigError(f"align.method={method!r} is not known; expected one of {list(ALIGN_METHODS)}")
     values = np.asarray(values)
     if values.shape[0] != times.shape[0]:
         raise UserError(f"{where}: {values.shape[0]} values but {times.shape[0]} timestamps")

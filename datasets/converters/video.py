@@ -96,7 +96,10 @@ def read_image_files(paths: list[Path]) -> np.ndarray:
 
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     """Decode one encoded image (PNG/JPG bytes) -> (H, W, 3) RGB uint8."""
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except (TypeError, ValueError, cv2.error):
+        bgr = None
     if bgr is None:
         raise UserError(f"{where}: image bytes cannot be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
