@@ -31,6 +31,12 @@ def run_conversion(cfg: DictConfig) -> dict:
         if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
             raise UserError(f"{key}=PATH is required (e.g. python -m calql_robot.convert source={source} "
                             f"input=demos.hdf5 output=data/demos.zarr)")
+    from calql_robot.datasets.staging import check_output_apart_from_input
+
+    check_output_apart_from_input(str(cfg.output), str(cfg.input))  # before anything touches the disk
+    from calql_robot.datasets.converters.options import check_convert_config
+
+    check_convert_config(cfg)  # every option (control_freq, output=., ...) before any source is read or written
     task = cfg.get("task")
     with open_dict(cfg):  # task=NAME loads configs/task/NAME.yaml; converters take its name (or None)
         cfg.task = task.get("name") if isinstance(task, DictConfig) else task

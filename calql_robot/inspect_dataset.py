@@ -1,9 +1,11 @@
 """Print a summary of a zarr dataset store: sizes, success rate, episode lengths, keys, action bounds, returns.
 
-    python -m calql_robot.inspect_dataset dataset=data/antmaze_umaze.zarr
+    python -m calql_robot.inspect_dataset dataset=data/antmaze_umaze.zarr [verify=true]
 
-The store is validated on open (a broken store prints ``error: ...`` naming the array and exits with status 2).
-It is read lazily, so only the low-dim arrays are streamed (for the NaN check) and images are never loaded.
+The store is validated on open (a broken store prints ``error: ...`` naming the array and exits with status 2):
+structure, every chunk file of a committed row present (full chunks with their recorded size), low-dim values
+finite and actions within the bounds. It is read lazily, so only the low-dim arrays are streamed and images are
+not loaded; ``verify=true`` decodes every chunk and compares it with the digest recorded when it was written.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ def _vector(values: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
-def summarize(path: str | Path, cache_bytes: int = 256 * 1024**2) -> dict[str, Any]:
-    """Open the store at ``path`` (validating it) and return the numbers the app prints."""
+def summarize(path: str | Path, cache_bytes: int = 256 * 1024**2, verify: bool = False) -> dict[str, Any]:
+    """Open the store at ``path`` (validating it; ``verify``: every chunk's digest too) and return what the app
+    prints."""
     from calql_robot.datasets.format import ZarrDataset
 
-    ds = ZarrDataset(path, lazy=True, cache_bytes=cache_bytes)
+    ds = ZarrDataset(path, lazy=True, cache_bytes=cache_bytes, verify=verify)
     lengths = ds.episode_lengths
     returns = ds.episode_returns()
     success = ds.success_mask()
@@ -62,7 +65,22 @@ def summarize(path: str | Path, cache_bytes: int = 256 * 1024**2) -> dict[str, A
         "action_high": ds.action_high,
         "disk_bytes": ds.size_on_disk_bytes(),
         "ram_bytes": ds.size_in_ram_bytes(),
+        "integrity": ds.integrity,
+        "has_records": "integrity" in ds.attrs,
     }
+
+
+def _integrity_line(info: dict[str, Any]) -> str:
+    checked = info.get("integrity")
+    if checked is None:
+        what = "chunk files present" + (" with their recorded sizes" if info.get("has_records") else "")
+        return f"integrity:      {what} (verify=true also checks every chunk's digest)"
+    line = f"integrity:      verified {checked['chunks_verified']} chunks ({checked['algorithm']})"
+    if checked["chunks_decoded"]:
+        line += f"; {checked['chunks_decoded']} chunks without a digest decoded only"
+    if checked["arrays_without_records"]:
+        line += f" (no records: {', '.join(checked['arrays_without_records'])}; written before digests existed)"
+    return line
 
 
 def format_summary(info: dict[str, Any]) -> str:
@@ -100,6 +118,7 @@ def format_summary(info: dict[str, Any]) -> str:
     ratio = f" (compression {ram / disk:.1f}x)" if disk else ""
     lines.append(f"size on disk:   {_size(disk)}")
     lines.append(f"size in RAM:    {_size(ram)}{ratio}")
+    lines.append(_integrity_line(info))
     return "\n".join(lines)
 
 
@@ -108,10 +127,16 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point: validate the store named by ``dataset=`` and print its summary."""
     if OmegaConf.is_missing(cfg, "dataset") or cfg.get("dataset") in (None, ""):
         raise UserError("dataset=PATH is required (e.g. python -m calql_robot.inspect_dataset dataset=data/x.zarr)")
-    cache_mb = float(cfg.get("cache_mb", 256))
-    if cache_mb < 0:
-        raise UserError(f"cache_mb must be >= 0, got {cache_mb}")
-    print(format_summary(summarize(str(cfg.dataset), int(cache_mb * 1024**2))))
+    try:
+        cache_mb = float(cfg.get("cache_mb", 256))
+    except (TypeError, ValueError):
+        raise UserError(f"cache_mb must be a number of MiB >= 0, got {cfg.get('cache_mb')!r}") from None
+    if not cache_mb >= 0 or cache_mb == float("inf"):
+        raise UserError(f"cache_mb must be a number of MiB >= 0, got {cache_mb}")
+    verify = cfg.get("verify", False)
+    if not isinstance(verify, bool):
+        raise UserError(f"verify must be true or false, got {verify!r}")
+    print(format_summary(summarize(str(cfg.dataset), int(cache_mb * 1024**2), verify=verify)))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+
+from calql_robot.datasets.integrity import read_rows
 
 DEFAULT_CACHE_BYTES = 512 * 1024**2
 
@@ -67,12 +70,16 @@ class LazyArray:
 
     ``a[i]`` (int) returns one row ``(*shape)``; ``a[idx]`` (int array / list) and ``a[start:stop:step]`` return
     ``(len(idx), *shape)`` np.ndarray. Rows are read as whole time-chunks (``chunk_len`` rows, all trailing dims) via
-    ``cache``. Rows past ``n_rows`` (an interrupted write) are out of range.
+    ``cache``. Rows past ``n_rows`` (an interrupted write) are out of range. A chunk that cannot be decoded raises
+    UserError naming the array and the chunk file (``store_path``: the store root, for the message).
     """
 
-    def __init__(self, array: zarr.Array, name: str, n_rows: int, cache: ChunkCache) -> None:
+    def __init__(self, array: zarr.Array, name: str, n_rows: int, cache: ChunkCache,
+                 store_path: str | Path | None = None) -> None:
         self._array = array
         self.name = name
+        root = store_path if store_path is not None else getattr(array.store_path.store, "root", ".")
+        self._store = Path(str(root))
         self._n_rows = int(n_rows)
         self._cache = cache
         self.chunk_len = int(array.chunks[0])
@@ -97,7 +104,7 @@ class LazyArray:
         if chunk is None:
             start = chunk_index * self.chunk_len
             stop = min(start + self.chunk_len, self._n_rows)
-            chunk = np.asarray(self._array[start:stop])
+            chunk = read_rows(self._store, self.name, self._array, start, stop)
             chunk.flags.writeable = False
             self._cache.put(key, chunk)
         return chunk
@@ -144,7 +151,8 @@ class LazyArray:
     def iter_chunks(self) -> Any:
         """Yield ``(start_row, rows)`` for every time-chunk in order, read directly (bypassing the cache)."""
         for start in range(0, self._n_rows, self.chunk_len):
-            yield start, np.asarray(self._array[start : min(start + self.chunk_len, self._n_rows)])
+            stop = min(start + self.chunk_len, self._n_rows)
+            yield start, read_rows(self._store, self.name, self._array, start, stop)
 
     def __repr__(self) -> str:
         return f"LazyArray({self.name!r}, shape={self.shape}, dtype={self.dtype}, chunk_len={self.chunk_len})"

@@ -7,13 +7,17 @@ from typing import Any
 
 import numpy as np
 
+from calql_robot.datasets.integrity import read_rows
 from calql_robot.datasets.lazy import DEFAULT_CACHE_BYTES, ChunkCache, LazyArray
 from calql_robot.datasets.store_validation import (
     assert_finite,
+    assert_within_bounds,
+    committed_rows,
     final_obs_array_name,
     finite_checked_names,
     obs_array_name,
     open_store_layout,
+    verify_layout,
 )
 
 ArrayLike = Any  # np.ndarray (eager) or LazyArray (lazy)
@@ -23,37 +27,42 @@ class ZarrDataset:
     """A validated dataset store.
 
     Opening checks the format name and version, attributes, every array's presence, dtype and shape, that the
-    arrays hold the rows ``meta/episode_ends`` commits, and that actions, rewards and low-dim observations are finite
-    (NaN/inf). Rows past ``episode_ends[-1]`` (an interrupted write) are ignored. Any problem raises UserError naming
-    the store and the array.
+    arrays hold the rows ``meta/episode_ends`` commits, that every chunk file of those rows exists (full chunks with
+    their recorded size), that actions, rewards and low-dim observations are finite (NaN/inf) and that actions lie
+    within the store's action bounds. Rows past ``episode_ends[-1]`` (an interrupted write) are ignored. Any problem,
+    including a chunk that cannot be decoded, raises UserError naming the store, the array and the chunk file.
+    ``verify=True`` also decodes every chunk and compares it with the digest recorded when it was written
+    (:attr:`integrity` holds the counts).
 
     ``lazy=False`` loads every array into RAM as numpy. ``lazy=True`` keeps :class:`LazyArray` views that read whole
     time-chunks on demand through one LRU cache of at most ``cache_bytes``; the finite check then streams the low-dim
     arrays chunk by chunk once at open (images are uint8 and cannot hold NaN, so they are not read at open).
     """
 
-    def __init__(self, path: str | Path, lazy: bool = False, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(self, path: str | Path, lazy: bool = False, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 verify: bool = False) -> None:
         self._layout = open_store_layout(path, mode="r")
         self.path = self._layout.path
         self.lazy = bool(lazy)
         self.cache = ChunkCache(cache_bytes) if self.lazy else None
-        n_rows, n_eps = self._layout.n_transitions, self._layout.n_episodes
+        #: the counts of :func:`verify_layout` when opened with ``verify=True``, else None
+        self.integrity: dict[str, Any] | None = verify_layout(self._layout) if verify else None
         self._data: dict[str, ArrayLike] = {}
         for name, arr in self._layout.arrays.items():
             if name == "meta/episode_ends":
                 continue
-            rows = n_eps if name.startswith("data/final_obs/") else n_rows
+            rows = committed_rows(self._layout, name)
             if self.lazy:
-                self._data[name] = LazyArray(arr, name, rows, self.cache)
+                self._data[name] = LazyArray(arr, name, rows, self.cache, store_path=self.path)
             else:
-                self._data[name] = np.asarray(arr[:rows])
+                self._data[name] = read_rows(self.path, name, arr, 0, rows)
         for name in finite_checked_names(self._layout):
             values = self._data[name]
-            if isinstance(values, LazyArray):
-                for start, rows in values.iter_chunks():
-                    assert_finite(self.path, name, rows, row_offset=start)
-            else:
-                assert_finite(self.path, name, values)
+            chunks = values.iter_chunks() if isinstance(values, LazyArray) else [(0, values)]
+            for start, rows in chunks:
+                assert_finite(self.path, name, rows, row_offset=start)
+                if name == "data/action":
+                    assert_within_bounds(self._layout, rows, row_offset=start)
 
     # ----------------------------------------------------------------------------------------------- properties
     @property

@@ -36,8 +36,11 @@ _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 def image_compressor() -> zarr.codecs.ZstdCodec:
     """Zstandard level 3 over whole uint8 image chunks: on rendered 64x64 frames it compressed 10.5x and decoded
-    faster than every Blosc variant measured (bench/dataset_compression.py; numbers in docs/dataset_format.md)."""
-    return zarr.codecs.ZstdCodec(level=3)
+    faster than every Blosc variant measured (bench/dataset_compression.py; numbers in docs/dataset_format.md).
+
+    With the frame checksum (4 bytes per chunk), so a corrupt image chunk fails to decode instead of reading as
+    wrong pixels."""
+    return zarr.codecs.ZstdCodec(level=3, checksum=True)
 
 
 def low_dim_compressor(itemsize: int) -> zarr.codecs.BloscCodec:

@@ -3,6 +3,10 @@
 Commit rule: an episode's rows (observations, action, reward, terminal, truncated) are written first, then its
 final observation, and ``meta/episode_ends`` is extended last. A crash before that last step leaves rows past
 ``episode_ends[-1]`` which readers ignore and :meth:`DatasetWriter.open` truncates.
+
+Integrity records (:mod:`calql_robot.datasets.integrity`): after each array's rows are written its record (chunk
+sizes and digests of the rows) is updated, before the commit; that of ``meta/episode_ends`` right after it. Every
+chunk is stored, even an all-zero one, so a missing chunk file always means a lost one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from calql_robot.datasets import integrity
+from calql_robot.datasets.integrity import ChunkDigests
 from calql_robot.datasets.spec import (
     EPISODE_CHUNK_LEN,
     FORMAT_NAME,
@@ -28,7 +34,10 @@ from calql_robot.datasets.spec import (
     validate_obs_spec,
 )
 from calql_robot.datasets.store_validation import (
+    ACTION_BOUND_ABS_TOLERANCE,
+    ACTION_BOUND_REL_TOLERANCE,
     StoreLayout,
+    committed_rows,
     final_obs_array_name,
     obs_array_name,
     open_store_layout,
@@ -40,7 +49,8 @@ def _create_array(group: zarr.Group, name: str, trailing: tuple[int, ...], dtype
     image = dtype == "uint8" and len(trailing) == 3
     compressor = image_compressor() if image else low_dim_compressor(np.dtype(dtype).itemsize)
     return group.create_array(
-        name, shape=(0, *trailing), dtype=dtype, chunks=(chunk_len, *trailing), compressors=compressor, fill_value=0
+        name, shape=(0, *trailing), dtype=dtype, chunks=(chunk_len, *trailing), compressors=compressor, fill_value=0,
+        attributes={integrity.ATTR: []}, config={"write_empty_chunks": True},
     )
 
 
@@ -59,12 +69,16 @@ def _as_flags(values: Any, name: str, n_steps: int, where: str) -> np.ndarray:
 class DatasetWriter:
     """Appends episodes to a dataset store. Use :meth:`create` or :meth:`open`, then :meth:`add_episode`."""
 
-    def __init__(self, layout: StoreLayout) -> None:
+    def __init__(self, layout: StoreLayout, digests: dict[str, ChunkDigests] | None = None) -> None:
         self._layout = layout
         self._arrays = layout.arrays
         self._n_episodes = layout.n_episodes
         self._n_transitions = layout.n_transitions
         self._closed = False
+        self._digests = digests if digests is not None else {
+            name: ChunkDigests(layout.path, name, arr, layout.records.get(name), committed_rows(layout, name))
+            for name, arr in layout.arrays.items()
+        }
 
     # ----------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -138,20 +152,27 @@ class DatasetWriter:
                 "control_freq": float(control_freq),
                 "reward": {"success": float(reward_success), "failure": float(reward_failure)},
                 "source": source,
+                "integrity": integrity.ALGORITHM,
             }
         )
         return cls(open_store_layout(path, mode="r+"))
 
     @classmethod
     def open(cls, path: str | Path) -> DatasetWriter:
-        """Open an existing store for appending; rows of an interrupted write (past episode_ends[-1]) are dropped."""
+        """Open an existing store for appending; rows of an interrupted write (past episode_ends[-1]) are dropped.
+
+        The last, partial chunk of every array is checked against its integrity record first (a corrupt one is a
+        UserError and nothing is changed); the records are then cut to the rows kept.
+        """
         layout = open_store_layout(path, mode="r+")
-        n_rows, n_eps = layout.n_transitions, layout.n_episodes
+        digests = {name: ChunkDigests(layout.path, name, arr, layout.records.get(name), committed_rows(layout, name))
+                   for name, arr in layout.arrays.items()}
         for name, arr in layout.arrays.items():
-            keep = n_eps if name.startswith("data/final_obs/") or name == "meta/episode_ends" else n_rows
+            digests[name].save()  # the record first: an array is never shorter than its record says
+            keep = committed_rows(layout, name)
             if arr.shape[0] > keep:
                 arr.resize((keep, *arr.shape[1:]))
-        return cls(layout)
+        return cls(layout, digests)
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
@@ -185,6 +206,7 @@ class DatasetWriter:
         act = act.astype(np.float32)
         if not np.isfinite(act).all():
             raise UserError(f"{where}: actions hold NaN or inf")
+        self._check_bounds(act, where)
         n_steps = act.shape[0]
         rew = np.asarray(rewards)
         if rew.shape != (n_steps,) or not np.issubdtype(rew.dtype, np.number):
@@ -222,6 +244,23 @@ class DatasetWriter:
             out[final_obs_array_name(key)] = obs[-1:]
         return out
 
+    def _check_bounds(self, act: np.ndarray, where: str) -> None:
+        low, high = self._layout.action_low.astype(np.float64), self._layout.action_high.astype(np.float64)
+        slack = ACTION_BOUND_REL_TOLERANCE * (high - low) + ACTION_BOUND_ABS_TOLERANCE
+        outside = (act < low - slack) | (act > high + slack)
+        if outside.any():
+            step, dim = (int(i) for i in np.argwhere(outside)[0])
+            raise UserError(f"{where}: action {float(act[step, dim]):.6g} at step {step}, dimension {dim} lies outside "
+                            f"the store's action bounds [{low[dim]:.6g}, {high[dim]:.6g}]")
+
+    def _write(self, name: str, start: int, rows: np.ndarray) -> None:
+        """Grow array ``name`` to ``start + len(rows)`` rows, write ``rows`` there and update its record."""
+        arr = self._arrays[name]
+        arr.resize((start + len(rows), *arr.shape[1:]))
+        arr[start : start + len(rows)] = rows
+        self._digests[name].append(start, rows)
+        self._digests[name].save()
+
     def add_episode(
         self, observations: dict[str, Any], actions: Any, rewards: Any, terminals: Any, truncations: Any
     ) -> int:
@@ -237,20 +276,13 @@ class DatasetWriter:
         start, n_steps = self._n_transitions, len(values["data/action"])
         end = start + n_steps
         for name, rows in values.items():
-            if name.startswith("data/final_obs/"):
-                continue
-            arr = self._arrays[name]
-            arr.resize((end, *arr.shape[1:]))
-            arr[start:end] = rows
+            if not name.startswith("data/final_obs/"):
+                self._write(name, start, rows)
         episode = self._n_episodes
         for name, rows in values.items():
             if name.startswith("data/final_obs/"):
-                arr = self._arrays[name]
-                arr.resize((episode + 1, *arr.shape[1:]))
-                arr[episode : episode + 1] = rows
-        ends = self._arrays["meta/episode_ends"]
-        ends.resize((episode + 1,))
-        ends[episode] = end  # the commit point
+                self._write(name, episode, rows)
+        self._write("meta/episode_ends", episode, np.array([end], dtype=np.int64))  # the commit point
         self._n_episodes, self._n_transitions = episode + 1, end
         return episode
 

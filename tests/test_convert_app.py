@@ -89,3 +89,34 @@ def test_action_bounds(tmp_path):
     assert ds.attrs["action_low"] == [-3.0, -1.0] and ds.attrs["action_high"] == [3.0, 1.0]
     with pytest.raises(UserError, match="lists of 2 values"):
         run_conversion(load_config([*base, f"output={tmp_path / 'c.zarr'}", "action_bounds=[[-3,-1,0],3]"]))
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "parent"])
+def test_output_overlapping_raw_input_is_refused_and_input_kept(tmp_path, where):
+    """Repro 5: output=<input> overwrite=true used to delete the raw folder."""
+    logs = tmp_path / "logs"
+    make_raw(logs, [True, False])
+    before = _tree(tmp_path)
+    output = {"same": logs, "inside": logs / "o.zarr", "parent": tmp_path}[where]
+    relation = {"same": "is the same path as", "inside": "lies inside", "parent": "contains"}[where]
+    with pytest.raises(UserError, match=f"{relation} input=.*would change or, with overwrite=true, delete"):
+        run_conversion(load_config(["source=raw", f"input={logs}", f"output={output}", "overwrite=true"]))
+    assert _tree(tmp_path) == before
+
+
+def test_output_equal_to_hdf5_input_is_refused_from_the_cli(tmp_path):
+    """Repro 5 for a file input (robomimic HDF5), through a symlinked directory, as a user runs it."""
+    (tmp_path / "real").mkdir()
+    demo = tmp_path / "real" / "demo.hdf5"
+    demo.write_bytes(b"\x89HDF\r\n\x1a\n not really a file, never opened")
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    proc = run_app("source=robomimic", f"input={demo}", f"output={tmp_path / 'alias' / 'demo.hdf5'}",
+                   "overwrite=true")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "is the same path as input=" in proc.stderr
+    assert demo.read_bytes().startswith(b"\x89HDF") and sorted(p.name for p in (tmp_path / "real").iterdir()) == [
+        "demo.hdf5"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +75,56 @@ def test_broken_store_names_the_array(tmp_path: Path) -> None:
     assert "error:" in result.stderr and "data/reward" in result.stderr and "Traceback" not in result.stderr
     result = run_app(f"dataset={tmp_path / 'absent.zarr'}")
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_verify_checks_every_chunk_digest(tmp_path: Path) -> None:
+    store = tmp_path / "demo.zarr"
+    make_store(store)
+    result = run_app(f"dataset={store}", "verify=true")
+    assert result.returncode == 0, result.stderr
+    assert "integrity:      verified 9 chunks (blake2b-128)" in result.stdout
+    path = store / "data/obs/eef/c/0/0"  # a flipped bit that Blosc decodes without noticing
+    data = bytearray(path.read_bytes())
+    for position in range(len(data) - 1, 16, -1):
+        data[position] ^= 1
+        path.write_bytes(bytes(data))
+        result = run_app(f"dataset={store}", "verify=true")
+        if "digest mismatch" in result.stderr or "cannot be decoded" in result.stderr:
+            break
+        data[position] ^= 1
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "chunk file data/obs/eef/c/0/0 of array 'data/obs/eef'" in result.stderr
+
+
+def test_lost_chunk_and_absurd_shape_are_short_errors(tmp_path: Path) -> None:
+    """Repros 6 and 7 as users meet them: a deleted chunk read as zeros, a shape of 1e9 hung for minutes."""
+    store = tmp_path / "demo.zarr"
+    make_store(store)
+    (store / "data/reward/c/0").unlink()
+    result = run_app(f"dataset={store}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "chunk file data/reward/c/0 of array 'data/reward' is missing" in result.stderr
+    make_store(tmp_path / "big.zarr")
+    meta_path = tmp_path / "big.zarr/meta/episode_ends/zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["shape"] = [10**9]
+    meta_path.write_text(json.dumps(meta))
+    started = time.perf_counter()
+    result = run_app(f"dataset={tmp_path / 'big.zarr'}", "verify=true")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "array 'meta/episode_ends' declares 1000000000 rows" in result.stderr
+    assert time.perf_counter() - started < 60  # was > 120 s
+
+
+def test_summary_of_a_store_written_before_digests(tmp_path: Path) -> None:
+    from calql_robot.inspect_dataset import format_summary, summarize
+
+    store = tmp_path / "old.zarr"
+    make_store(store)
+    for meta_path in store.rglob("zarr.json"):
+        meta = json.loads(meta_path.read_text())
+        meta.get("attributes", {}).pop("integrity", None)
+        meta_path.write_text(json.dumps(meta))
+    assert "integrity:      chunk files present (verify=true" in format_summary(summarize(store))
+    text = format_summary(summarize(store, verify=True))
+    assert "verified 0 chunks" in text and "9 chunks without a digest decoded only" in text

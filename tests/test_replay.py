@@ -54,7 +54,8 @@ def test_online_episode_next_obs_by_index_and_frames_once():
 def test_from_dataset_matches_episodes(tmp_path, lazy):
     path = tmp_path / "d.zarr"
     episodes = [_episode(0, 3, True), _episode(20, 4, False), _episode(40, 1, True)]
-    with DatasetWriter.create(path, SPEC, np.array([-1.0], np.float32), np.array([1.0], np.float32), task="t",
+    # actions encode frame numbers (0.5 * frame, up to 20): the store's bounds must hold them
+    with DatasetWriter.create(path, SPEC, np.array([-100.0], np.float32), np.array([100.0], np.float32), task="t",
                               control_freq=10.0, reward_success=1.0, reward_failure=0.0,
                               source={"kind": "test"}) as w:
         for e in episodes:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from calql_robot.errors import UserError
+from calql_robot.errors import ConfigError, UserError
 
 REWARD_RULES = ("sparse_last_step", "column", "task")
 UNKNOWN_OUTCOME = ("error", "success", "failure")
@@ -76,11 +76,11 @@ def mapping_from_cfg(node: Any, default: Mapping[str, str], what: str) -> dict[s
     if value is None:
         return dict(default)
     if not isinstance(value, Mapping):
-        raise UserError(f"{what} must be a mapping like {{source_camera: our_key}}, got {value!r}")
+        raise ConfigError(f"{what} must be a mapping like {{source_camera: our_key}}, got {value!r}")
     for key, item in value.items():
         if isinstance(item, (list, tuple, Mapping)):
-            raise UserError(f"{what}.{key}={item!r}: a camera maps to one key (a list of fields can only join "
-                            "low-dim fields in keys.obs)")
+            raise ConfigError(f"{what}.{key}={item!r}: a camera maps to one key (a list of fields can only join "
+                              "low-dim fields in keys.obs)")
     return {str(k): str(v) for k, v in value.items()}
 
 
@@ -94,14 +94,14 @@ def obs_mapping_from_cfg(node: Any, default: Mapping[str, str], what: str = "key
     if value is None:
         return {str(k): (str(v),) for k, v in default.items()}
     if not isinstance(value, Mapping):
-        raise UserError(f"{what} must be a mapping like {{our_key: source_field}} or {{our_key: [field_a, field_b]}}"
-                        f", got {value!r}")
+        raise ConfigError(f"{what} must be a mapping like {{our_key: source_field}} or {{our_key: [field_a, field_b]}}"
+                          f", got {value!r}")
     out: dict[str, tuple[str, ...]] = {}
     for key, item in value.items():
         fields = item if isinstance(item, (list, tuple)) else [item]
         if not fields or any(f is None or isinstance(f, (list, tuple, Mapping)) for f in fields):
-            raise UserError(f"{what}.{key}={item!r}: expected a source field name or a non-empty list of field "
-                            "names (joined along the last axis)")
+            raise ConfigError(f"{what}.{key}={item!r}: expected a source field name or a non-empty list of field "
+                              "names (joined along the last axis)")
         out[str(key)] = tuple(str(f) for f in fields)
     return out
 
@@ -136,8 +136,8 @@ def observation_from_fields(
             frames = image(field_name, values)
             if frames is not None:
                 if len(fields) > 1:
-                    raise UserError(f"keys.obs.{key}={list(fields)}: {label} holds camera images; a list joins "
-                                    "low-dim fields only (images take one field per key)")
+                    raise ConfigError(f"keys.obs.{key}={list(fields)}: {label} holds camera images; a list joins "
+                                      "low-dim fields only (images take one field per key)")
                 return frames
         parts.append((label, as_low_dim(values, episode, label)))
     if len(parts) == 1:
@@ -163,9 +163,9 @@ def parse_image_size(value: Any) -> tuple[int, int] | None:
     elif isinstance(value, (list, tuple)) and len(value) == 2:
         size = (int(value[0]), int(value[1]))
     else:
-        raise UserError(f"image_size={value!r}: expected one integer (square) or [H, W]")
+        raise ConfigError(f"image_size={value!r}: expected one integer (square) or [H, W]")
     if min(size) < 1:
-        raise UserError(f"image_size={value!r}: sizes must be positive")
+        raise ConfigError(f"image_size={value!r}: sizes must be positive")
     return size
 
 
@@ -239,13 +239,13 @@ def task_rule_success(rule: Any, observations: Mapping[str, np.ndarray], episode
     rule = to_container(rule) or {}
     missing = [k for k in ("key", "op", "threshold") if rule.get(k) is None]
     if missing:
-        raise UserError(
+        raise ConfigError(
             f"reward.rule=task needs reward.task = {{key, index, op, threshold}} (or a source with its own task rule, "
             f"such as a replayed robosuite demo); missing {missing}"
         )
     key, op = str(rule["key"]), str(rule["op"])
     if op not in _OPS:
-        raise UserError(f"reward.task.op={op!r}: expected one of {list(_OPS)}")
+        raise ConfigError(f"reward.task.op={op!r}: expected one of {list(_OPS)}")
     if key not in observations:
         raise episode_error(episode, key, f"reward.task.key names an observation key that is missing; have "
                                           f"{sorted(observations)}")
@@ -254,7 +254,7 @@ def task_rule_success(rule: Any, observations: Mapping[str, np.ndarray], episode
     index = rule.get("index")
     column = values[:, int(index)] if index is not None else values[:, 0] if values.shape[1] == 1 else None
     if column is None:
-        raise UserError(f"reward.task.index is needed: observation {key} has {values.shape[1]} values per step")
+        raise ConfigError(f"reward.task.index is needed: observation {key} has {values.shape[1]} values per step")
     return _OPS[op](column, float(rule["threshold"]))
 
 
@@ -276,12 +276,13 @@ def apply_reward_rule(src: SourceEpisode, reward_cfg: Any) -> Episode:
         if success:
             rewards[-1] = success_value
     elif rule == "column":
+        column = str(reward_cfg.column or src.info.get("reward_field") or "reward")  # the field the reader used
         if src.reward_column is None:
-            raise episode_error(src.name, str(reward_cfg.column), "reward.rule=column but the source has no such "
-                                                                  "per-step reward column")
-        rewards = as_low_dim(src.reward_column, src.name, str(reward_cfg.column))[:, 0]
+            raise episode_error(src.name, column, "reward.rule=column but the source has no such per-step reward "
+                                                  "column")
+        rewards = as_low_dim(src.reward_column, src.name, column)[:, 0]
         if rewards.shape[0] != n_steps:
-            raise episode_error(src.name, str(reward_cfg.column), f"{rewards.shape[0]} rewards for {n_steps} steps")
+            raise episode_error(src.name, column, f"{rewards.shape[0]} rewards for {n_steps} steps")
         if success is None:
             success = bool(np.any(rewards >= success_value))
     elif rule == "task":
@@ -292,7 +293,7 @@ def apply_reward_rule(src: SourceEpisode, reward_cfg: Any) -> Episode:
         rewards = np.where(step_success, success_value, failure_value).astype(np.float32)
         success = bool(step_success[-1])
     else:
-        raise UserError(f"reward.rule={rule!r} is not known; expected one of {list(REWARD_RULES)}")
+        raise ConfigError(f"reward.rule={rule!r} is not known; expected one of {list(REWARD_RULES)}")
     terminals = np.zeros(n_steps, dtype=bool)
     truncations = np.zeros(n_steps, dtype=bool)
     terminals[-1] = bool(success)

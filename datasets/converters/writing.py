@@ -27,7 +27,8 @@ from calql_robot.datasets.converters.common import (
     to_container,
 )
 from calql_robot.datasets.format import DatasetWriter, ZarrDataset, staged_store
-from calql_robot.errors import UserError
+from calql_robot.datasets.staging import check_output_apart_from_input
+from calql_robot.errors import ConfigError, UserError
 
 
 def _digest(value: np.ndarray, dtype: str) -> str:
@@ -55,16 +56,16 @@ def action_bounds(cfg: DictConfig, action_dim: int, source_bounds: tuple[Any, An
     """(low, high) (A,) float32: ``action_bounds`` option, else the source's bounds, else [-1, 1]."""
     given = to_container(cfg.get("action_bounds"))
     if given is not None and (not isinstance(given, (list, tuple)) or len(given) != 2):
-        raise UserError(f"action_bounds={given!r}: expected [low, high] (scalars or per-dimension lists)")
+        raise ConfigError(f"action_bounds={given!r}: expected [low, high] (scalars or per-dimension lists)")
     low, high = (given[0], given[1]) if given is not None else source_bounds if source_bounds else (-1.0, 1.0)
     try:
         low = np.broadcast_to(np.asarray(low, dtype=np.float32), (action_dim,)).copy()
         high = np.broadcast_to(np.asarray(high, dtype=np.float32), (action_dim,)).copy()
     except ValueError:
-        raise UserError(f"action_bounds={given!r}: bounds must be scalars or lists of {action_dim} values (the "
-                        "action dimension)") from None
+        raise ConfigError(f"action_bounds={given!r}: bounds must be scalars or lists of {action_dim} values (the "
+                          "action dimension)") from None
     if not np.all(low < high):
-        raise UserError(f"action_bounds={given!r}: low must be below high in every dimension")
+        raise ConfigError(f"action_bounds={given!r}: low must be below high in every dimension")
     return low, high
 
 
@@ -94,6 +95,7 @@ def write_episodes(
     Summary: {"output", "episodes", "transitions", "successes", "success_rate", "dropped": [{"episode", "reason"}]}.
     """
     output = Path(str(cfg.output)).expanduser()
+    check_output_apart_from_input(output, str(cfg.input))
     if output.exists() and not cfg.overwrite:
         raise UserError(f"output {output} already exists; pass overwrite=true to replace it")
     if not names:
@@ -113,6 +115,8 @@ def write_episodes(
                     spec = obs_spec_of(ep.observations)
                     low, high = action_bounds(cfg, ep.actions.shape[1], source_bounds)
                 _check_bounds(ep, low, high)
+            except ConfigError:
+                raise  # a bad option, not a bad episode: skip_bad does not apply
             except UserError as err:
                 reason = str(err) if str(err).startswith("episode ") else f"episode {name}: {err}"
                 if not cfg.skip_bad:
