@@ -33,7 +33,7 @@ _SECURITY_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the security handshake failed: one side uses keys and the other plain "
     "text (give both server keys_dir and client server_key / client_key, or neither)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed: server_key is not the public key of the "
-    "server at this address (copy server.key from the robot PC again)",
+    "server at this address (copy server.key from the robot PC again), or the server runs in plain text",
 }
 
 
@@ -131,6 +131,10 @@ class RemoteRobotClient(RobotInterface):
             except (zmq.ZMQError, ValueError):
                 break
             problem = _SECURITY_EVENTS.get(event, problem)
+        if problem is not None and self.keys is None:
+            # libzmq reports a plain-text client against a CURVE server as PROTOCOL or NO_DETAIL depending on timing;
+            # without keys of our own the cause is the same either way.
+            problem = _SECURITY_EVENTS[zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL]
         return problem
 
     def _read_reply(self, op: str, req_id: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
