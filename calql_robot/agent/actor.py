@@ -58,6 +58,14 @@ class TanhGaussianActor(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised samples: mean/log_std (B, A) -> actions (n, B, A), log_prob (n, B)."""
         eps = torch.randn((n, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
+        return TanhGaussianActor.sample_with_noise(mean, log_std, eps)
+
+    @staticmethod
+    def sample_with_noise(
+        mean: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sample`` with the standard-normal draws given: mean/log_std (B, A), eps (n, B, A) -> actions (n, B, A),
+        log_prob (n, B). Deterministic, so it can run inside a compiled graph."""
         pre_tanh = mean + log_std.exp() * eps
         return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, eps, log_std)
 

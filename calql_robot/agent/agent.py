@@ -22,8 +22,15 @@ from calql_robot.agent.config import AgentConfig
 from calql_robot.agent.cpu_tuning import tune_cpu_allocator
 from calql_robot.agent.critic import QEnsemble
 from calql_robot.agent.state import load_module, load_optimizer, module_tensors, optimizer_tensors
-from calql_robot.encoders import build_encoder
+from calql_robot.encoders import augment_batch, build_encoder
 from calql_robot.errors import UserError
+
+# The metrics ``update`` returns, in the order ``compute_losses`` stacks them.
+METRIC_NAMES = (
+    "critic_loss", "td_loss", "cql_loss", "actor_loss", "alpha_loss", "lagrange_loss", "alpha", "cql_alpha",
+    "cql_alpha_prime", "cql_penalty", "bound_rate", "q_data_mean", "q_policy_mean", "mc_return_mean",
+    "td_target_mean", "entropy",
+)  # fmt: skip
 
 
 class CalQLAgent:
@@ -62,31 +69,103 @@ class CalQLAgent:
         self._fixed_cql_alpha = torch.tensor(float(cfg.cql_alpha), device=self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))  # follows the global seed
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+        self._loss_fn = self.compute_losses  # replaced by a compiled version in enable_compile
+        self.compiled = False
 
     # ------------------------------------------------------------------ training
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        """One gradient step of every network on ``batch`` (see docs/DESIGN.md); returns float metrics."""
-        cfg, gen, n = self.cfg, self.generator, self.cfg.cql_n_actions
+        """One gradient step of every network on ``batch`` (see docs/DESIGN.md); returns float metrics.
+
+        The random numbers (augmentation shifts, action noise) are drawn first, eagerly, so the loss computation is a
+        pure function of (networks, batch, noise): the same whether it runs eagerly or compiled (``enable_compile``).
+        """
         action, reward = batch["action"], batch["reward"]
-        terminal, mc_return = batch["terminal"].float(), batch["mc_return"]
-        sample = TanhGaussianActor.sample
         batch_size = action.shape[0]
         if action.shape != (batch_size, self.action_dim) or reward.shape != (batch_size,):
             raise ValueError(
                 f"batch action {tuple(action.shape)} / reward {tuple(reward.shape)}: expected "
                 f"({batch_size}, {self.action_dim}) / ({batch_size},) as in docs/DESIGN.md"
             )
-
-        # Features: the critic's encoder runs once per observation batch (augmentation on while training).
         self.encoder.train()
-        obs_features = self.encoder(batch["obs"], augment=True)  # (B, F), trained by the critic loss
+        obs, next_obs = self._augment(batch["obs"]), self._augment(batch["next_obs"])
+        noise = self._draw_noise(batch_size)
+        total_loss, metric_values = self._loss_fn(
+            obs, next_obs, action, reward, batch["terminal"].float(), batch["mc_return"].float(), noise
+        )
+
+        # One backward for all losses (each reaches only its own parameters), then every optimizer steps.
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        total_loss.backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
         with torch.no_grad():
-            next_features = self.encoder(batch["next_obs"], augment=True)  # (B, F)
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.tau)
+            if self.policy_ema:
+                self._update_policy_ema(self.cfg.policy_ema_tau)
+        self.step += 1
+        return dict(zip(METRIC_NAMES, metric_values.tolist()))  # the one host sync of an update
+
+    def enable_compile(self, mode: str | None = None) -> None:
+        """Run ``compute_losses`` (forward and backward) through ``torch.compile`` (inductor) from the next update.
+
+        The graph is built at the first update (tens of seconds, once per process and batch shape; inductor's disk
+        cache shortens later processes). Results equal the eager update's within float tolerance
+        (tests/test_compiled_update.py). ``mode`` is torch.compile's (None, "max-autotune-no-cudagraphs", ...).
+        """
+        self._loss_fn = torch.compile(self.compute_losses, mode=mode, dynamic=False)
+        self.compiled = True
+
+    def _augment(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """DrQ random shifts of the image keys (global RNG, as the encoder would draw them); other keys as they are."""
+        pads = getattr(self.encoder, "augment_pads", None)
+        return augment_batch(obs, pads) if pads else dict(obs)
+
+    def _draw_noise(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Every action-noise draw of one update, from the agent's generator, in a fixed order:
+        actor (1, B, A) and backup (n_backup, B, A) standard normals; with CQL also random_action (n, B, A) uniform
+        in [-1, 1) and policy / next_policy (n, B, A) standard normals."""
+        cfg, gen, n = self.cfg, self.generator, self.cfg.cql_n_actions
+        shape = (batch_size, self.action_dim)
+        noise = {
+            "actor": torch.randn((1, *shape), generator=gen, device=self.device),
+            "backup": torch.randn((n if cfg.cql_max_target_backup else 1, *shape), generator=gen, device=self.device),
+        }
+        if cfg.uses_cql:
+            noise["random_action"] = torch.rand((n, *shape), generator=gen, device=self.device) * 2.0 - 1.0
+            noise["policy"] = torch.randn((n, *shape), generator=gen, device=self.device)
+            noise["next_policy"] = torch.randn((n, *shape), generator=gen, device=self.device)
+        return noise
+
+    def compute_losses(
+        self,
+        obs: Mapping[str, torch.Tensor],
+        next_obs: Mapping[str, torch.Tensor],
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        terminal: torch.Tensor,
+        mc_return: torch.Tensor,
+        noise: Mapping[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sum of all losses (scalar, to backpropagate) and the metrics (len(METRIC_NAMES),), detached.
+
+        obs / next_obs {k: (B, ...)} already augmented; action (B, A); reward, terminal, mc_return (B,) float;
+        noise from ``_draw_noise``. No random numbers are drawn here and nothing is synced to the host.
+        """
+        cfg, n = self.cfg, self.cfg.cql_n_actions
+        sample = TanhGaussianActor.sample_with_noise
+
+        # Features: the critic's encoder runs once per observation batch.
+        obs_features = self.encoder(obs)  # (B, F), trained by the critic loss
+        with torch.no_grad():
+            next_features = self.encoder(next_obs)  # (B, F)
         actor_features = obs_features.detach() if cfg.actor_detach_encoder else obs_features
 
         # Actor and temperature: a ~ pi(s) reparameterised, critics evaluated with detached weights.
         mean, log_std = self.actor(actor_features)  # (B, A) each
-        new_action, new_log_prob = sample(mean, log_std, 1, gen)  # (1, B, A), (1, B)
+        new_action, new_log_prob = sample(mean, log_std, noise["actor"])  # (1, B, A), (1, B)
         q_new = self.critic(obs_features.detach(), new_action, detach_params=True).min(dim=0).values[0]  # (B,)
         alpha = self.log_alpha.exp()
         actor_loss = losses.actor_loss(new_log_prob[0], q_new, alpha)
@@ -95,8 +174,7 @@ class CalQLAgent:
         # TD target from the target critics at n next-policy samples (max-target backup) or one.
         with torch.no_grad():
             next_mean, next_log_std = self.actor(next_features)
-            n_backup = n if cfg.cql_max_target_backup else 1
-            backup_action, backup_log_prob = sample(next_mean, next_log_std, n_backup, gen)  # (n, B, A), (n, B)
+            backup_action, backup_log_prob = sample(next_mean, next_log_std, noise["backup"])  # (n, B, A), (n, B)
             target_q = self.critic_target(next_features, backup_action)  # (C, n, B)
             td_target = losses.td_target(
                 reward, terminal, cfg.discount, target_q, backup_log_prob, alpha,
@@ -104,10 +182,9 @@ class CalQLAgent:
             )  # fmt: skip
             action_sets = [action.unsqueeze(0)]  # data action first, then 3 x n sampled sets for CQL
             if cfg.uses_cql:
-                random_action = torch.rand((n, *action.shape), generator=gen, device=action.device) * 2.0 - 1.0
-                policy_action, policy_log_prob = sample(mean.detach(), log_std.detach(), n, gen)
-                next_policy_action, next_policy_log_prob = sample(next_mean, next_log_std, n, gen)
-                action_sets += [random_action, policy_action, next_policy_action]
+                policy_action, policy_log_prob = sample(mean.detach(), log_std.detach(), noise["policy"])
+                next_policy_action, next_policy_log_prob = sample(next_mean, next_log_std, noise["next_policy"])
+                action_sets += [noise["random_action"], policy_action, next_policy_action]
             action_sets = torch.cat(action_sets, dim=0)  # (1 [+ 3n], B, A)
 
         # One critic forward for every action set at s: (C, 1 [+ 3n], B).
@@ -134,29 +211,13 @@ class CalQLAgent:
                 cql_loss = cfg.cql_alpha * cql_gap_per_critic.sum()
         critic_loss = td_loss + cql_loss
 
-        # One backward for all losses (each reaches only its own parameters), then every optimizer steps.
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
-        (critic_loss + actor_loss + alpha_loss + lagrange_loss).backward()
-        for optimizer in self.optimizers.values():
-            optimizer.step()
-        with torch.no_grad():
-            for target_param, param in zip(self.critic_target.parameters(), self.critic.parameters()):
-                target_param.lerp_(param, cfg.tau)
-            if self.policy_ema:
-                self._update_policy_ema(cfg.policy_ema_tau)
-        self.step += 1
-
-        metrics = {
-            "critic_loss": critic_loss, "td_loss": td_loss, "cql_loss": cql_loss, "actor_loss": actor_loss,
-            "alpha_loss": alpha_loss, "lagrange_loss": lagrange_loss, "alpha": alpha,
-            "cql_alpha": cql_weight, "cql_alpha_prime": alpha_prime,
-            "cql_penalty": cql_gap, "bound_rate": bound_rate, "q_data_mean": q_data.mean(),
-            "q_policy_mean": q_new.mean(), "mc_return_mean": mc_return.float().mean(),
-            "td_target_mean": td_target.mean(), "entropy": -new_log_prob.mean(),
-        }  # fmt: skip
-        values = torch.stack([value.detach().float().reshape(()) for value in metrics.values()]).tolist()  # one sync
-        return dict(zip(metrics, values))
+        metrics = [
+            critic_loss, td_loss, cql_loss, actor_loss, alpha_loss, lagrange_loss, alpha, cql_weight, alpha_prime,
+            cql_gap, bound_rate, q_data.mean(), q_new.mean(), mc_return.mean(), td_target.mean(),
+            -new_log_prob.mean(),
+        ]  # in the order of METRIC_NAMES
+        metric_values = torch.stack([value.detach().float().reshape(()) for value in metrics])
+        return critic_loss + actor_loss + alpha_loss + lagrange_loss, metric_values
 
     def set_value_normalization(self, mc_returns: np.ndarray) -> tuple[float, float]:
         """With ``critic_value_norm``, fix Q = std(G) * net + mean(G) in the critics and their targets from the

@@ -73,11 +73,13 @@ class QEnsemble(nn.Module):
         weights = [w.detach() for w in self.weights] if detach_params else list(self.weights)
         biases = [b.detach() for b in self.biases] if detach_params else list(self.biases)
         n_sets, batch, _ = actions.shape
-        w_in = weights[0]
-        feature_part = torch.matmul(features, w_in[:, : self.feature_dim])  # (C, B, H)
+        n_critics, w_in = self.n_critics, weights[0]
+        feature_part = torch.matmul(features, w_in[:, : self.feature_dim]) + biases[0]  # (C, B, H)
         action_part = torch.matmul(actions.reshape(n_sets * batch, -1), w_in[:, self.feature_dim :])  # (C, K*B, H)
-        hidden = action_part.view(self.n_critics, n_sets, batch, -1).add_((feature_part + biases[0]).unsqueeze(1))
-        x = hidden.relu_().view(self.n_critics, n_sets * batch, -1)  # in place: no new 16 MB buffer per layer
+        # Out of place, then ReLU in place on that fresh tensor: an in-place op on a view of a tensor autograd
+        # tracks would make the backward pass clone whole activations (CopySlices).
+        hidden = (action_part.view(n_critics, n_sets, batch, -1) + feature_part.unsqueeze(1)).relu_()
+        x = hidden.view(n_critics, n_sets * batch, -1)  # (C, K*B, H)
         for w, b in zip(weights[1:-1], biases[1:-1]):
             x = torch.baddbmm(b, x, w).relu_()
         q = torch.baddbmm(biases[-1], x, weights[-1])  # (C, K*B, 1)
