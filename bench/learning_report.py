@@ -58,7 +58,8 @@ def column(rows: list[dict[str, str]], name: str) -> np.ndarray:
 
 def curve(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
     """``(steps, success_rate)`` sorted by step, keeping the last row of a step logged twice (a resumed run)."""
-    by_step = {int(float(r["step"])): float(r["success_rate"]) for r in rows if r.get("success_rate") not in (None, "")}
+    by_step = {int(float(r.get("env_step", r.get("step")))): float(r["success_rate"])
+               for r in rows if r.get("success_rate") not in (None, "")}
     steps = np.array(sorted(by_step), dtype=np.int64)
     return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
 

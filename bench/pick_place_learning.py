@@ -103,7 +103,7 @@ def plot_q(out: Path, runs: list[tuple[str, int]], path: Path) -> Path:
         offset = 0.0
         for phase, style in (("pretrain", "-"), ("finetune", "--")):
             rows = read_csv(out / "runs" / f"{method}_s{seed}" / phase / "train.csv")
-            steps = [offset + float(r["step"]) for r in rows]
+            steps = [offset + float(r.get("update", r.get("env_step", r.get("step")))) for r in rows]
             ax.plot(steps, [float(r["q_data_mean"]) for r in rows], style, color=f"C{i}",
                     label=f"{method} s{seed} Q(s, a_data), {phase}")
             if i == 0:

@@ -9,7 +9,12 @@ Every app is written as::
         main()
 
 ``calql_app`` wraps ``hydra.main`` with the project's config folder, turns :class:`UserError` into a one-paragraph
-message on stderr with exit status 2, and never shows a traceback for bad input.
+message on stderr with exit status 2, and never shows a traceback for bad input. Before hydra runs, ``--help`` prints
+the app's options written from its config files (:mod:`calql_robot.app_help`) and the command line's keys and group
+choices are checked against the app's config (:mod:`calql_robot.app_errors`).
+
+The config files are package data (``calql_robot/configs`` in a wheel, the top-level ``configs/`` folder in the
+checkout): :data:`CONFIG_DIR` is where they are on disk, wherever the package runs from.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from calql_robot.config_layout import find_config_dir
 from calql_robot.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout (when running from one)
+CONFIG_DIR = find_config_dir()
 
 
 def _setup_process() -> None:
@@ -42,10 +48,26 @@ def report_user_error(err: UserError) -> None:
     sys.exit(2)
 
 
+def before_hydra(config_name: str, args: list[str]) -> None:
+    """``--help``: print the app's help and exit 0; else refuse unknown keys and choices in ``args`` (exit 2)."""
+    from calql_robot.app_errors import HELP_FLAGS, check_overrides
+
+    if any(arg in HELP_FLAGS for arg in args):
+        from calql_robot.app_help import format_help, help_config
+
+        print(format_help(CONFIG_DIR, config_name, help_config(CONFIG_DIR, config_name, args)))
+        sys.exit(0)
+    try:
+        check_overrides(CONFIG_DIR, config_name, args)
+    except UserError as err:
+        report_user_error(err)
+
+
 def calql_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
     """Decorator: make ``fn(cfg)`` a hydra app reading ``configs/<config_name>.yaml``."""
-    if not CONFIG_DIR.is_dir():
-        raise RuntimeError(f"config folder {CONFIG_DIR} is missing; calql_robot must run from its checkout")
+    if not (CONFIG_DIR / f"{config_name}.yaml").is_file():
+        raise RuntimeError(f"config file {CONFIG_DIR / (config_name + '.yaml')} is missing: the calql_robot package "
+                           "was installed without its configs package data; reinstall it (pip install .)")
 
     def decorate(fn: Callable[[DictConfig], None]) -> Callable[[], None]:
         @functools.wraps(fn)
@@ -63,6 +85,7 @@ def calql_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Call
         @functools.wraps(fn)
         def main() -> None:
             _setup_process()
+            before_hydra(config_name, sys.argv[1:])
             hydra_main()
 
         return main

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from calql_robot.app import calql_app, prepare_run_dir
+from calql_robot.app import calql_app
 
 
 @calql_app("deploy")
 def main(cfg: DictConfig) -> None:
     from calql_robot.deployment.loop import run_deploy
+    from calql_robot.training.session import run_dir_path
 
-    run_deploy(cfg, prepare_run_dir(cfg))
+    run_deploy(cfg, run_dir_path(cfg))  # the run directory is created once the checkpoint and robot are checked
 
 
 if __name__ == "__main__":

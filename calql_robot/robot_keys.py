@@ -1,4 +1,4 @@
-"""Make the CurveZMQ keys of the robot link: ``python -m calql_robot.robot_keys dir=robot_keys clients=[learner]``.
+"""Make the CurveZMQ keys of the robot link: ``python -m calql_robot.robot_keys keys_dir=robot_keys clients=[learner]``.
 
 On the robot PC this writes (every file mode 0600, folders 0700; layout in :mod:`calql_robot.envs.robot.auth`)::
 
@@ -40,17 +40,17 @@ def _names(cfg: DictConfig, key: str) -> list[str]:
 
 
 def _key_root(cfg: DictConfig) -> Path:
-    value = cfg.get("dir")
+    value = cfg.get("keys_dir")
     if not isinstance(value, str) or not value:
-        raise UserError(f"dir is {value!r}; expected the folder for the keys, e.g. dir=robot_keys")
+        raise UserError(f"keys_dir is {value!r}; expected the folder for the keys, e.g. keys_dir=robot_keys")
     root = Path(value).expanduser()
     if root.exists():
         info = root.stat()
         if not stat.S_ISDIR(info.st_mode):
-            raise UserError(f"dir is {value!r}, which exists and is not a folder")
+            raise UserError(f"keys_dir is {value!r}, which exists and is not a folder")
         if os.name == "posix" and info.st_mode & 0o022:
-            raise UserError(f"dir {root} has mode {stat.S_IMODE(info.st_mode):04o}: group or others may change "
-                            f"files in it; expected 0700 (run `chmod 700 {root}`) or choose another dir=")
+            raise UserError(f"keys_dir {root} has mode {stat.S_IMODE(info.st_mode):04o}: group or others may change "
+                            f"files in it; expected 0700 (run `chmod 700 {root}`) or choose another keys_dir=")
     return root
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from calql_robot.datasets.action_scaling import ActionScaling
 from calql_robot.datasets.integrity import read_rows
 from calql_robot.datasets.lazy import DEFAULT_CACHE_BYTES, ChunkCache, LazyArray
 from calql_robot.datasets.store_validation import (
@@ -111,6 +112,11 @@ class ZarrDataset:
     def action_high(self) -> np.ndarray:
         """(A,) float32."""
         return self._layout.action_high.copy()
+
+    @property
+    def action_scaling(self) -> ActionScaling | None:
+        """The map from the stored (policy) actions to the source's units (attribute action_scaling), or None."""
+        return ActionScaling.from_store_attrs(self.attrs, f"dataset {self.path}")
 
     @property
     def reward_success(self) -> float:

@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from calql_robot.datasets import integrity
+from calql_robot.datasets.action_scaling import ActionScaling
 from calql_robot.datasets.integrity import ChunkRecord
 from calql_robot.datasets.spec import FORMAT_NAME, KIND_LOW_DIM, STEP_ARRAYS, SUPPORTED_VERSIONS, validate_obs_spec
 from calql_robot.errors import UserError
@@ -120,6 +121,7 @@ def _check_attrs(path: Path, attrs: dict[str, Any]) -> tuple[dict[str, dict[str,
     if not _is_number(attrs["control_freq"]) or not float(attrs["control_freq"]) > 0:
         raise UserError(f"dataset {path}: attribute 'control_freq' must be a positive number (Hz), got "
                         f"{attrs['control_freq']!r}")
+    ActionScaling.from_store_attrs(attrs, f"dataset {path}")  # the optional extension: well-formed if present
     if "integrity" in attrs and attrs["integrity"] != integrity.ALGORITHM:
         raise UserError(f"dataset {path}: attribute 'integrity' is {attrs['integrity']!r}; this calql_robot "
                         f"checks {integrity.ALGORITHM!r} records")

@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 
 from calql_robot.datasets import integrity
+from calql_robot.datasets.action_scaling import ATTR, ActionScaling
 from calql_robot.datasets.integrity import ChunkDigests
 from calql_robot.datasets.spec import (
     EPISODE_CHUNK_LEN,
@@ -94,10 +95,12 @@ class DatasetWriter:
         reward_failure: float,
         source: dict[str, Any] | None = None,
         overwrite: bool = False,
+        action_scaling: dict[str, Any] | None = None,
     ) -> DatasetWriter:
         """Create an empty store at ``path``; ``action_low``/``action_high`` are (A,) bounds of the action space.
 
-        An existing ``path`` raises UserError unless ``overwrite`` (then it is deleted first).
+        An existing ``path`` raises UserError unless ``overwrite`` (then it is deleted first). ``action_scaling``
+        (:meth:`ActionScaling.to_json`, bounds -1 / +1 then) is stored as the attribute of that name.
         """
         path = Path(path).expanduser()
         where = f"DatasetWriter.create({path})"
@@ -120,6 +123,8 @@ class DatasetWriter:
             json.dumps(source)
         except (TypeError, ValueError) as err:
             raise UserError(f"{where}: source must be JSON-serialisable provenance ({err})") from None
+        if action_scaling is not None:
+            ActionScaling.from_store_attrs({ATTR: action_scaling, "action_low": low, "action_high": high}, where)
         if path.exists() or path.is_symlink():
             if not overwrite:
                 raise UserError(f"{where}: {path} already exists; pass overwrite=True to replace it")
@@ -153,6 +158,7 @@ class DatasetWriter:
                 "reward": {"success": float(reward_success), "failure": float(reward_failure)},
                 "source": source,
                 "integrity": integrity.ALGORITHM,
+                **({ATTR: dict(action_scaling)} if action_scaling is not None else {}),
             }
         )
         return cls(open_store_layout(path, mode="r+"))

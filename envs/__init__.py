@@ -20,6 +20,25 @@ from omegaconf import DictConfig
 
 from calql_robot.errors import UserError
 
+
+def _drop_adroit_reward_notice() -> None:
+    """Keep gymnasium_robotics from printing its Adroit *Dense-v1* reward notice on import (to stderr, on every
+    command that imports it, PointMaze included). No task here uses those rewards (the Adroit tasks compute their
+    binary reward from ``goal_achieved``), so only that notice is removed from ``farama_notifications`` before the
+    first import; any other notice still prints."""
+    try:
+        from farama_notifications import notifications
+    except ImportError:
+        return
+    versions = notifications.get("gymnasium_robotics", {})
+    for version, message in list(versions.items()):
+        if "AdroitHand" in str(message) and "reward functions were updated" in str(message):
+            del versions[version]
+
+
+_drop_adroit_reward_notice()
+
+
 PICK_PLACE_ID = "calql_robot/PickPlace-v0"
 if PICK_PLACE_ID not in gym.registry:
     gym.register(id=PICK_PLACE_ID, entry_point="calql_robot.envs.pick_place:PickPlaceEnv")

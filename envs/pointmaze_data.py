@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from calql_robot.datasets.episode_recorder import EpisodeRecorder
 from calql_robot.envs.pointmaze import STATE_KEY, PointMazeTaskEnv, free_cells, make_pointmaze_env, shortest_cell_path
+from calql_robot.progress import progress_iter
 
 KP, KD = 2.0, 0.4  # PD gains on (cell centre - position) and velocity; tuned for action_repeat 4 (see tests)
 
@@ -119,7 +119,7 @@ def write_scripted_dataset(path: str | Path, episodes: int, seed: int, noise: fl
                         "wander_fraction": float(wander_fraction), "give_up_fraction": float(give_up_fraction),
                         "random_start_fraction": float(random_start_fraction), "env": dict(env_kwargs)},
             ) as writer:
-                for ep in tqdm(range(int(episodes)), desc=f"generate pointmaze_{env.maze_name}", leave=False):
+                for ep in progress_iter(range(int(episodes)), desc=f"generate pointmaze_{env.maze_name}", unit="ep"):
                     u = rng.random()
                     kind = "wander" if u < wander_fraction else "give_up" if u < wander_fraction + give_up_fraction \
                         else "scripted"
@@ -136,7 +136,8 @@ def write_scripted_dataset(path: str | Path, episodes: int, seed: int, noise: fl
             _record_summary(tmp, writer_attrs_note)
     finally:
         env.close()
-    print(f"generated {episodes} PointMaze episodes ({n_success} successful, {counts}) -> {path}")
+    print(f"generated {episodes} PointMaze episodes ({n_success} successful, {counts})")  # the caller names the store
+
     return str(path)
 
 

@@ -20,9 +20,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from tqdm import tqdm
 
 from calql_robot.datasets.episode_recorder import EpisodeRecorder
+from calql_robot.progress import progress_iter
 
 STATE_KEY = "state"
 
@@ -170,7 +170,7 @@ def write_generated_dataset(
             source={**source, "seed": int(seed), "episodes": int(episodes)}, overwrite=True,
         )
         with writer:
-            for ep in tqdm(range(episodes), desc=f"generate {task}", leave=False):
+            for ep in progress_iter(range(episodes), desc=f"generate {task}", unit="ep"):
                 act = correlated_noise_policy(env.action_space.shape[0], rng)
                 hook = (lambda ep=ep: after_reset_fn(ep, rng)) if after_reset_fn is not None else None
                 episode = rollout_episode(env, act, seed=seed * 100_003 + ep, after_reset=hook, max_steps=max_steps)
@@ -179,7 +179,8 @@ def write_generated_dataset(
                     observations=episode["observations"], actions=episode["actions"], rewards=episode["rewards"],
                     terminals=episode["terminals"], truncations=episode["truncations"],
                 )
-    print(f"generated {episodes} noisy random episodes of {task} ({n_success} successful) -> {path}\n"
+    print(f"generated {episodes} noisy random episodes of {task} ({n_success} successful)\n"
+
           f"note: a small plumbing dataset, not benchmark data; for the paper's data convert the task's Minari dataset "
           f"(docs/tasks.md: python -m calql_robot.convert source=minari input=<task.dataset.minari_id> ...)")
     return str(path)

@@ -18,13 +18,13 @@ def test_checkpoint_round_trip_and_rng(tmp_path):
     tensors = {"agent/w": torch.randn(3, 4), "agent/step": torch.tensor(7)}
     torch.manual_seed(3)
     np.random.seed(3)
-    save_checkpoint(tmp_path, 10, tensors, {"counters": {"episodes": 2}})
-    save_checkpoint(tmp_path, 20, tensors, {"counters": {"episodes": 4}}, keep=1)
+    save_checkpoint(tmp_path, 10, tensors, {"counters": {"episodes": 2}}, counter="update")
+    save_checkpoint(tmp_path, 20, tensors, {"counters": {"episodes": 4}}, keep=1, counter="update")
     expected_torch, expected_np = torch.rand(2), np.random.rand(2)
-    assert [p.name for p in (tmp_path / "checkpoints").glob("step_*")] == ["step_000000020"]
-    assert find_checkpoint(tmp_path).name == "step_000000020"
+    assert [p.name for p in (tmp_path / "checkpoints").glob("update_*")] == ["update_000000020"]
+    assert find_checkpoint(tmp_path).name == "update_000000020"
     loaded, state = load_checkpoint(tmp_path)
-    assert state["counters"] == {"episodes": 4} and state["step"] == 20
+    assert state["counters"] == {"episodes": 4} and state["step"] == 20 and state["counter"] == "update"
     for k, v in tensors.items():
         assert torch.equal(loaded[k], v)
     restore_rng_state(loaded, state["rng"])
@@ -36,7 +36,7 @@ def test_checkpoint_round_trip_and_rng(tmp_path):
 def test_missing_or_corrupt_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoint found"):
         load_checkpoint(tmp_path)
-    save_checkpoint(tmp_path, 1, {"x": torch.zeros(1)}, {})
+    save_checkpoint(tmp_path, 1, {"x": torch.zeros(1)}, {}, counter="update")
     (find_checkpoint(tmp_path) / "tensors.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="corrupt"):
         load_checkpoint(tmp_path)
@@ -58,9 +58,9 @@ def test_logger_widens_csv_and_truncates_on_resume(tmp_path):
 
 
 def test_resave_same_step_and_broken_latest_fall_back(tmp_path):
-    save_checkpoint(tmp_path, 5, {"x": torch.zeros(1)}, {})
-    save_checkpoint(tmp_path, 9, {"x": torch.ones(1)}, {})
-    save_checkpoint(tmp_path, 9, {"x": torch.full((1,), 2.0)}, {})  # same step again: replaced, never missing
+    save_checkpoint(tmp_path, 5, {"x": torch.zeros(1)}, {}, counter="env_step")
+    save_checkpoint(tmp_path, 9, {"x": torch.ones(1)}, {}, counter="env_step")
+    save_checkpoint(tmp_path, 9, {"x": torch.full((1,), 2.0)}, {}, counter="env_step")  # same step: replaced
     assert load_checkpoint(tmp_path)[0]["x"].item() == 2.0
-    (tmp_path / "checkpoints" / "latest").write_text("step_000000099\n")  # names a folder that is gone
-    assert find_checkpoint(tmp_path).name == "step_000000009"
+    (tmp_path / "checkpoints" / "latest").write_text("env_step_000000099\n")  # names a folder that is gone
+    assert find_checkpoint(tmp_path).name == "env_step_000000009"

@@ -120,7 +120,7 @@ def test_convert_control_freq_and_output_dot_are_refused_before_reading(tmp_path
 
 
 def test_checkpoint_without_rng_or_with_malformed_state_is_refused(tmp_path):
-    folder = save_checkpoint(tmp_path / "run", 5, {"agent/w": torch.zeros(2)}, {"sampler_rng": {}})
+    folder = save_checkpoint(tmp_path / "run", 5, {"agent/w": torch.zeros(2)}, {"sampler_rng": {}}, counter="update")
     tensors, state = load_checkpoint(folder)
     check_state_keys(state, folder, ("step", "rng", "sampler_rng"), "resuming")  # complete: passes
     del state["rng"]

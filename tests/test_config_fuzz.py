@@ -73,21 +73,26 @@ def device(v: Any) -> bool:
 
 
 SEED = count(0, 2**32 - 1)
+THREADS = optional(lambda v: v == "auto" or count(1, 4096)(v))
+AUTO_FLAG = lambda v: str(v).lower() in ("auto", "true", "false")
 TRAINING = {
-    "run_dir": path_like, "seed": SEED, "device": device, "threads": optional(count(1, 4096)),
-    "dataset": optional(path_like), "progress": flag, "eval.every": count(0), "eval.episodes": count(1, 2**31 - 1),
+    "run_dir": path_like, "seed": SEED, "device": device, "threads": THREADS,
+    "compile": optional(lambda v: str(v).lower() in ("auto", "true", "false")),
+    "dataset": optional(path_like), "progress": flag, "progress_every": optional(count(0)),
+    "eval.every": count(0), "eval.episodes": count(1, 2**31 - 1),
     "eval.video": flag, "eval.video_episodes": count(0, 2**31 - 1), "data.lazy": flag,
     "data.cache_mb": count(1, 2**24), "task.gamma": lambda v: num(v) and 0 <= v <= 1,
 }
 ORACLES: dict[str, dict[str, Callable[[Any], bool]]] = {
-    "pretrain": {**TRAINING, "pretrain.steps": count(1), "pretrain.batch_size": count(1, 2**20),
-                 "pretrain.log_every": count(1), "pretrain.save_every": count(1)},
+    "pretrain": {**TRAINING, "data.prefetch": AUTO_FLAG, "pretrain.steps": count(1),
+                 "pretrain.batch_size": count(1, 2**20), "pretrain.log_every": count(1),
+                 "pretrain.save_every": count(1)},
     "finetune": {**TRAINING, "checkpoint": path_like, "finetune.env_steps": count(1),
                  "finetune.mixing_ratio": lambda v: num(v) and (v == -1 or 0 <= v <= 1),
                  "finetune.utd": count(0, 2**20), "finetune.batch_size": count(1, 2**20),
                  "finetune.log_every": count(1), "finetune.save_every": count(1)},
     "evaluate": {"checkpoint": path_like, "output": optional(output_like), "seed": SEED, "device": device,
-                 "threads": optional(count(1, 4096)), "eval.episodes": count(1, 2**31 - 1), "eval.video": flag,
+                 "threads": THREADS, "eval.episodes": count(1, 2**31 - 1), "eval.video": flag,
                  "eval.video_episodes": count(0, 2**31 - 1), "eval.seed": SEED},
     "collect": {"episodes": optional(count(1, 2**31 - 1)), "output": optional(output_like), "seed": SEED,
                 "overwrite": flag},

@@ -195,12 +195,12 @@ def assert_pretrain_ran(run_dir: Path) -> None:
     """A checkpoint at step 3 with finite tensors, and train.csv rows with a finite critic loss."""
     checkpoint = find_checkpoint(run_dir)
     assert checkpoint is not None and checkpoint.parent == run_dir / "checkpoints"
-    assert checkpoint.name == "step_000000003"
+    assert checkpoint.name == "update_000000003"
     tensors = load_file(str(checkpoint / "tensors.safetensors"))
     assert tensors and all(np.isfinite(v).all() for v in tensors.values() if v.dtype.kind == "f")
     with (run_dir / "train.csv").open(newline="") as fh:
         train = list(csv.DictReader(fh))
-    assert [int(r["step"]) for r in train][-1] == 3
+    assert [int(r["update"]) for r in train][-1] == 3
     assert all(math.isfinite(float(r["critic_loss"])) for r in train)
 
 

@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from calql_robot.datasets.format import ZarrDataset
+from calql_robot.training.checkpoint import find_checkpoint
 
 IMAGE = ["task.env.image_size=32", "robot.driver.image_size=32"]
 SMALL_AGENT = ["agent.actor_hidden=[32,32]", "agent.critic_hidden=[32,32]", "agent.cql_n_actions=2"]
@@ -67,8 +69,17 @@ def test_deploy_sim_stores_episodes_and_learns(checkpoint, tmp_path):
     assert np.abs(online.arrays()["action"]).max() <= 1.0  # what was sent, after the safety layers
     with (run_dir / "episode.csv").open() as f:
         episodes = list(csv.DictReader(f))
-    assert len(episodes) == 3
+    assert len(episodes) == 3 and [r["episode"] for r in episodes] == ["1", "2", "3"]
     assert float(episodes[-1]["learner_updates"]) > 0  # the learner trained beside the actor
+    assert find_checkpoint(run_dir).name == "episode_000000003"
+    # the same plots as pretrain/finetune, indexed by episode, and a video of the first episode's camera
+    for name in ("learning_curve.png", "q_calibration.png"):
+        assert (run_dir / "plots" / name).stat().st_size > 5000, name
+    assert "plots/  learning_curve.png, q_calibration.png" in out
+    cap = cv2.VideoCapture(str(run_dir / "videos" / "episode_000000001.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == online.episode_ends[0] + 1  # reset frame + every step
+    assert int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 32
+    assert "videos/  episode_000000001.mp4" in out
 
 
 def test_deploy_survives_sigkill(checkpoint, tmp_path):

@@ -31,14 +31,14 @@ EVAL = ["threads=1", "device=cpu"]
 
 @pytest.fixture(scope="module")
 def checkpoint_run(tmp_path_factory) -> Path:
-    """A pointmaze_umaze pretrain run of 10 updates; its step-10 evaluation used 2 episodes on the default seeds."""
+    """A pointmaze_umaze pretrain run of 10 updates; its update-10 evaluation used 2 episodes on the default seeds."""
     root = tmp_path_factory.mktemp("evaluate")
     data = root / "pointmaze_tiny.zarr"
     run_app("collect", *TASK, "episodes=4", f"output={data}")
     run_dir = root / "pre"
     run_app("pretrain", *TASK, *SMALL, "threads=1", f"dataset={data}", "pretrain.steps=10", "eval.every=10",
             "eval.episodes=2", "eval.video=false", f"run_dir={run_dir}")
-    assert find_checkpoint(run_dir).name == "step_000000010"
+    assert find_checkpoint(run_dir).name == "update_000000010"
     return run_dir
 
 
@@ -53,6 +53,7 @@ def test_evaluate_writes_episodes_summary_and_videos(checkpoint_run, tmp_path):
     assert all(1 <= int(r["length"]) <= HORIZON for r in episodes)  # the checkpoint's task, horizon included
     summary = json.loads((out / "summary.json").read_text())
     assert summary["checkpoint"] == str(find_checkpoint(checkpoint_run).resolve()) and summary["step"] == 10
+    assert summary["counter"] == "update"
     assert summary["task"] == "pointmaze_umaze" and summary["seeds"] == [20000, 20001, 20002]
     assert summary["episodes"] == 3
     assert summary["success_rate"] == pytest.approx(np.mean([int(r["success"]) for r in episodes]))
@@ -69,12 +70,12 @@ def test_evaluate_writes_episodes_summary_and_videos(checkpoint_run, tmp_path):
 def test_evaluate_defaults_replay_training_evaluation(checkpoint_run, tmp_path):
     """Without seed= the app runs the seeds of training-time evaluation, through the same code: same numbers."""
     out = tmp_path / "eval"
-    run_app("evaluate", f"checkpoint={checkpoint_run / 'checkpoints' / 'step_000000010'}", "task=pointmaze_umaze",
+    run_app("evaluate", f"checkpoint={checkpoint_run / 'checkpoints' / 'update_000000010'}", "task=pointmaze_umaze",
             f"task.horizon={HORIZON}", "eval.episodes=2", "eval.video=false", f"output={out}", *EVAL)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [10000, 10001]
     trained = rows(checkpoint_run / "eval.csv")[-1]
-    assert trained["step"] == "10"
+    assert trained["update"] == "10"
     for key in ("success_rate", "return_mean", "length_mean", "final_reward_mean"):
         assert summary[key] == pytest.approx(float(trained[key])), key
     assert not (out / "videos").exists()
@@ -87,7 +88,7 @@ def test_wrong_task_missing_checkpoint_and_output_in_run_are_refused(checkpoint_
     assert "antmaze_umaze" in proc.stderr and "pointmaze_umaze" in proc.stderr and str(checkpoint_run) in proc.stderr
     assert not (tmp_path / "x").exists()
 
-    step_dir = checkpoint_run / "checkpoints" / "step_000000010"
+    step_dir = checkpoint_run / "checkpoints" / "update_000000010"
     for source, output in ((checkpoint_run, checkpoint_run / "eval"), (step_dir, checkpoint_run)):
         proc = run_app("evaluate", f"checkpoint={source}", f"output={output}", *EVAL, check=False)
         assert proc.returncode == 2 and "inside the run directory" in proc.stderr, proc.stderr

@@ -329,3 +329,26 @@ def test_docs_example_runs_as_written(tmp_path, monkeypatch):
 def test_unknown_attribute_of_the_package_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nosuch'"):
         calql_robot.nosuch  # noqa: B018
+
+
+def test_action_scaling_of_the_checkpoint_is_undone_and_exported(run, tmp_path):
+    """A run on a store converted with action_normalize=true: act returns the robot's units, in exports too."""
+    import shutil
+
+    run_copy = tmp_path / "scaled_run"
+    shutil.copytree(run.run_dir, run_copy)
+    scaling = {"low": [-10.0, 0.0], "high": [30.0, 5.0], "source": "data"}
+    for state_file in run_copy.glob("checkpoints/*/state.json"):
+        state = json.loads(state_file.read_text())
+        state["action_scaling"] = scaling
+        state_file.write_text(json.dumps(state))
+    plain = calql_robot.load_policy(run.run_dir, device="cpu")
+    scaled = calql_robot.load_policy(run_copy, device="cpu")
+    batch = {"state": np.stack([o["state"] for o in env_observations()])}
+    unit = plain.act_batch(batch)
+    want = np.array(scaling["low"]) + (unit + 1.0) * 0.5 * (np.array(scaling["high"]) - np.array(scaling["low"]))
+    np.testing.assert_allclose(scaled.act_batch(batch), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scaled.act(env_observations()[0]), want[0], rtol=1e-5, atol=1e-5)
+    exported = calql_robot.load_policy(calql_robot.export_policy(run_copy, tmp_path / "export"), device="cpu")
+    assert json.loads((tmp_path / "export" / "policy.json").read_text())["action_scaling"] == scaling
+    np.testing.assert_allclose(exported.act_batch(batch), want, rtol=1e-5, atol=1e-5)

@@ -32,9 +32,9 @@ def free_port() -> int:
 
 
 def make_keys(root: Path, *overrides: str) -> None:
-    """What `python -m calql_robot.robot_keys dir=ROOT ...` does, in this process."""
+    """What `python -m calql_robot.robot_keys keys_dir=ROOT ...` does, in this process."""
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("robot_keys", overrides=[f"dir={root}", *overrides])
+        cfg = compose("robot_keys", overrides=[f"keys_dir={root}", *overrides])
     write_keys(*plan_keys(cfg))
 
 
@@ -61,7 +61,8 @@ def curve_server(tmp_path):
 
 def test_robot_keys_app_writes_0600_files_and_changes_nothing_on_conflict(tmp_path) -> None:
     keys_dir = tmp_path / "keys"
-    done = subprocess.run([sys.executable, "-m", "calql_robot.robot_keys", f"dir={keys_dir}", "clients=[learner,cam]"],
+    done = subprocess.run([sys.executable, "-m", "calql_robot.robot_keys", f"keys_dir={keys_dir}",
+                           "clients=[learner,cam]"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     files = sorted(p for p in keys_dir.rglob("*") if p.is_file())
@@ -73,7 +74,8 @@ def test_robot_keys_app_writes_0600_files_and_changes_nothing_on_conflict(tmp_pa
     assert zmq.curve_public(secret) == public == zmq.auth.load_certificate(keys_dir / "server.key")[0]
     assert f"scp -p {keys_dir / 'server.key'}" in done.stdout
     before = {p: p.read_bytes() for p in files}
-    again = subprocess.run([sys.executable, "-m", "calql_robot.robot_keys", f"dir={keys_dir}", "clients=[new,cam]"],
+    again = subprocess.run([sys.executable, "-m", "calql_robot.robot_keys", f"keys_dir={keys_dir}",
+                            "clients=[new,cam]"],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "client 'cam' already has" in again.stderr and "Traceback" not in again.stderr
     assert {p: p.read_bytes() for p in keys_dir.rglob("*") if p.is_file()} == before  # 'new' was not written either

@@ -53,13 +53,13 @@ def pretrained(dataset, tmp_path_factory) -> Path:
 
 
 def test_pretrain_writes_checkpoint_logs_and_plots(pretrained):
-    assert find_checkpoint(pretrained).name == "step_000000030"
+    assert find_checkpoint(pretrained).name == "update_000000030"
     train = rows(pretrained / "train.csv")
-    assert [int(r["step"]) for r in train] == [5, 10, 15, 20, 25, 30]
+    assert [int(r["update"]) for r in train] == [5, 10, 15, 20, 25, 30]
     for key in ("critic_loss", "bound_rate", "q_data_mean", "mc_return_mean", "cql_alpha"):
         assert all(r[key] not in ("", "nan") for r in train), key
     assert 0.0 <= float(train[-1]["bound_rate"]) <= 1.0
-    assert rows(pretrained / "eval.csv")[-1]["step"] == "30"
+    assert rows(pretrained / "eval.csv")[-1]["update"] == "30"
     assert (pretrained / "plots" / "q_calibration.png").stat().st_size > 1000
     assert any((pretrained / "tb").iterdir())
     assert (pretrained / "config.yaml").read_text().count("antmaze_umaze") >= 1
@@ -71,13 +71,13 @@ def test_pretrain_resume_matches_uninterrupted_run(dataset, tmp_path):
     run_app("pretrain", *common, "pretrain.steps=16", f"run_dir={straight}")
     run_app("pretrain", *common, "pretrain.steps=8", f"run_dir={split}")
     out = run_app("pretrain", *common, "pretrain.steps=16", f"run_dir={split}").stdout
-    assert "resuming from" in out and "at step 8" in out
+    assert "resuming from" in out and "at update 8" in out
     a = load_file(str(find_checkpoint(straight) / "tensors.safetensors"))
     b = load_file(str(find_checkpoint(split) / "tensors.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
         assert (a[key] == b[key]).all(), f"{key} differs after resume"
-    assert [int(r["step"]) for r in rows(split / "train.csv")] == [5, 8, 10, 15, 16]  # 8: end of 1st run
+    assert [int(r["update"]) for r in rows(split / "train.csv")] == [5, 8, 10, 15, 16]  # 8: end of 1st run
 
 
 def test_finetune_collects_online_data_and_resumes(pretrained, tmp_path):
@@ -92,7 +92,7 @@ def test_finetune_collects_online_data_and_resumes(pretrained, tmp_path):
     episodes = rows(run_dir / "episode.csv")
     assert len(episodes) == online.n_episodes
     assert float(episodes[-1]["cumulative_regret"]) == sum(1 - float(r["success"]) for r in episodes)
-    assert [r["step"] for r in rows(run_dir / "eval.csv")] == ["0", "100"]
+    assert [r["env_step"] for r in rows(run_dir / "eval.csv")] == ["0", "100"]
     # the agent variant and sizes came from the checkpoint's config
     assert "actor_hidden:\n  - 32\n  - 32" in (run_dir / "config.yaml").read_text()
     # re-running with a larger budget resumes the counters and keeps the stored episodes

@@ -37,7 +37,9 @@ def compose_app_config(config_name: str, overrides: Sequence[str], with_hydra: b
     from hydra.errors import HydraException
 
     from calql_robot import app
+    from calql_robot.app_errors import check_overrides as check_keys_and_choices
 
+    check_keys_and_choices(app.CONFIG_DIR, config_name, list(overrides))  # the apps' messages: valid keys, choices
     global_hydra = GlobalHydra.instance()
     saved = global_hydra.hydra if global_hydra.is_initialized() else None
     global_hydra.clear()

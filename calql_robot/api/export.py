@@ -65,6 +65,7 @@ def export_info(policy: Policy) -> dict[str, Any]:
         "task": policy.task,
         "task_config": meta.get("task_config"),
         "networks": meta.get("networks"),
+        "action_scaling": meta.get("action_scaling"),
         "source": {"checkpoint": meta.get("source_checkpoint"), "step": meta.get("step"),
                    "counter": meta.get("counter"), "phase": meta.get("phase")},
     }

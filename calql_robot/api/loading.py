@@ -109,6 +109,7 @@ def read_checkpoint(folder: Path) -> dict[str, Any]:
         "obs_spec": meta["obs_spec"],
         "action_dim": int(meta["action_dim"]),
         "networks": "averaged" if averaged else "live",
+        "action_scaling": state.get("action_scaling"),
     }
     return {"tensors": chosen, "agent_config": meta["agent_config"], "obs_spec": meta["obs_spec"],
             "action_dim": int(meta["action_dim"]), "metadata": metadata, "where": where}
@@ -147,6 +148,7 @@ def read_export(folder: Path) -> dict[str, Any]:
         "obs_spec": info["obs_spec"],
         "action_dim": int(info["action_dim"]),
         "networks": info.get("networks"),
+        "action_scaling": info.get("action_scaling"),
         "format_version": info["format_version"],
     }
     return {"tensors": tensors, "agent_config": info["agent_config"], "obs_spec": info["obs_spec"],

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from calql_robot.agent.actor import TanhGaussianActor
+from calql_robot.datasets.action_scaling import ActionScaling
 from calql_robot.errors import UserError
 
 ObsBatch = Mapping[str, np.ndarray | torch.Tensor]
@@ -37,6 +38,8 @@ class Policy:
         self.action_dim = int(action_dim)
         self.device = torch.device(device)
         self.metadata: dict[str, Any] = dict(metadata)
+        # Per-store action normalisation (convert action_normalize=true): policy [-1, 1] -> the env's units.
+        self.action_scaling = ActionScaling.from_json(self.metadata.get("action_scaling"), "policy action_scaling")
         self._generator = torch.Generator(device=self.device)
         self.seed(seed)
 
@@ -91,10 +94,15 @@ class Policy:
     def _action_out(self, action: torch.Tensor) -> torch.Tensor:
         """The one place where an action leaves the policy: (B, A) in [-1, 1] -> (B, A) as the env takes it.
 
-        Identity today. Per-store action normalisation (actions mapped to [-1, 1] for training) plugs its inverse
-        in here, so ``act``, ``act_batch`` and exported policies all apply it.
+        The identity unless the training store normalised its actions (convert ``action_normalize=true``): then
+        the inverse map (:meth:`ActionScaling.to_env`) from the checkpoint, so ``act``, ``act_batch`` and exported
+        policies all return the robot's own units.
         """
-        return action
+        if self.action_scaling is None:
+            return action
+        low = torch.as_tensor(self.action_scaling.low, dtype=action.dtype, device=action.device)
+        high = torch.as_tensor(self.action_scaling.high, dtype=action.dtype, device=action.device)
+        return low + (action + 1.0) * 0.5 * (high - low)
 
     # ------------------------------------------------------------------ observation checks
     def _checked_keys(self, obs: Any) -> list[str]:

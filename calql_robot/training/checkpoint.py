@@ -1,7 +1,10 @@
 """Checkpoints as safetensors (every tensor) plus JSON (counters, RNG states, config): nothing is pickled.
 
-Layout: ``<run_dir>/checkpoints/step_<N>/{tensors.safetensors, state.json}`` and ``<run_dir>/checkpoints/latest``,
-a text file naming the newest complete checkpoint. A checkpoint folder is written under a temporary name and renamed
+Layout: ``<run_dir>/checkpoints/<counter>_<N>/{tensors.safetensors, state.json}`` and ``<run_dir>/checkpoints/latest``,
+a text file naming the newest complete checkpoint. The folder is named for what ``N`` counts: ``update_<N>`` (gradient
+updates, pretrain), ``env_step_<N>`` (environment steps, finetune), ``episode_<N>`` (finished episodes, deploy).
+Run directories written before these names hold ``step_<N>`` folders: they are read (and resumed) the same way, and
+new checkpoints of such a run get the new names. A checkpoint folder is written under a temporary name and renamed
 when complete, then ``latest`` is replaced atomically, so a crash never leaves a half-written checkpoint in use.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,44 @@ from calql_robot.errors import UserError
 
 TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"
+APP_COUNTER = {"pretrain": "update", "finetune": "env_step", "deploy": "episode"}  # what each app's N counts
+LEGACY_COUNTER = "step"  # the folder prefix of run directories written before the counters were named
+_FOLDER = re.compile(r"(update|env_step|episode|step)_(\d+)")
+
+
+def checkpoint_folder_name(counter: str, number: int) -> str:
+    """``update_000000030`` etc.: the folder of checkpoint ``number`` of a run counting ``counter``."""
+    if counter not in APP_COUNTER.values():
+        raise ValueError(f"checkpoint counter must be one of {sorted(APP_COUNTER.values())}, got {counter!r}")
+    return f"{counter}_{number:09d}"
+
+
+def parse_folder_name(name: str) -> tuple[str, int] | None:
+    """``("update", 30)`` for ``update_000000030`` (``("step", N)`` for an old ``step_N`` folder), else None."""
+    match = _FOLDER.fullmatch(name)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def checkpoint_folders(root: Path) -> list[Path]:
+    """The checkpoint folders directly under ``root`` (any counter, old ``step_*`` too), oldest first.
+
+    Ordered by number; at an equal number a new-style name comes after (is newer than) an old ``step_*`` one.
+    """
+    found = []
+    for path in root.glob("*_*"):
+        parsed = parse_folder_name(path.name)
+        if parsed is not None and path.is_dir():
+            found.append((parsed[1], parsed[0] != LEGACY_COUNTER, path.name, path))
+    return [entry[-1] for entry in sorted(found)]
+
+
+def checkpoint_counter(state: dict[str, Any]) -> str:
+    """What a checkpoint's ``step`` counts: ``update``, ``env_step`` or ``episode`` (from ``counter``, else from
+    the ``phase`` of checkpoints written before ``counter`` was saved); ``step`` when neither says."""
+    counter = state.get("counter")
+    if counter in APP_COUNTER.values():
+        return str(counter)
+    return APP_COUNTER.get(str(state.get("phase")), LEGACY_COUNTER)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -58,7 +100,7 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], wh
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError, OverflowError) as err:
         raise UserError(f"{where}: the saved random-number state is missing or malformed ({type(err).__name__}: "
                         f"{err}); the checkpoint was not written by pretrain/finetune or was edited: resume from "
-                        "another checkpoints/step_* folder or start a new run_dir") from None
+                        "another checkpoint folder under checkpoints/ or start a new run_dir") from None
 
 
 def restore_generator(rng: np.random.Generator, saved: Any, where: str) -> None:
@@ -76,7 +118,7 @@ def check_state_keys(state: dict[str, Any], folder: str | Path, keys: tuple[str,
     if missing:
         raise UserError(f"checkpoint '{folder}': {STATE_FILE} lacks {missing}, which {purpose} needs; it was not "
                         f"written by this version of pretrain/finetune, or was edited. Resume from another "
-                        f"checkpoints/step_* folder or start a new run_dir")
+                        f"checkpoint folder under checkpoints/ or start a new run_dir")
 
 
 def saved_step(state: dict[str, Any], folder: str | Path) -> int:
@@ -87,23 +129,24 @@ def saved_step(state: dict[str, Any], folder: str | Path) -> int:
     return step
 
 
-def save_checkpoint(
-    run_dir: str | Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int = 3
-) -> Path:
-    """Write tensors (name -> Tensor) and JSON-able ``state`` as checkpoint ``step``; keep the newest ``keep``."""
+def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
+                    keep: int = 3, *, counter: str) -> Path:
+    """Write tensors (name -> Tensor) and JSON-able ``state`` as checkpoint ``<counter>_<step>``; keep the newest
+    ``keep`` checkpoint folders (old ``step_*`` ones included). ``counter``: update | env_step | episode."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step_{step:09d}"
-    tmp = ckpt_root / f".tmp_step_{step:09d}_{os.getpid()}"
+    name = checkpoint_folder_name(counter, step)
+    final = ckpt_root / name
+    tmp = ckpt_root / f".tmp_{name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     rng_tensors, rng_meta = rng_state()
     all_tensors = {k: v.detach().to("cpu").contiguous() for k, v in {**tensors, **rng_tensors}.items()}
     save_file(all_tensors, str(tmp / TENSORS_FILE))
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "rng": rng_meta}, indent=1))
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "counter": counter, "rng": rng_meta}, indent=1))
     previous = None
     if final.exists():  # the same step saved again: keep the old copy until the new one is in place
-        previous = ckpt_root / f".old_step_{step:09d}_{os.getpid()}"
+        previous = ckpt_root / f".old_{name}_{os.getpid()}"
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(final, previous)
     os.replace(tmp, final)
@@ -112,7 +155,10 @@ def save_checkpoint(
     latest_tmp = ckpt_root / f".latest_{os.getpid()}"
     latest_tmp.write_text(final.name + "\n")
     os.replace(latest_tmp, ckpt_root / "latest")
-    for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-keep]:
+    legacy = ckpt_root / f"{LEGACY_COUNTER}_{step:09d}"  # an old run's copy of this very step: superseded
+    if legacy.is_dir():
+        shutil.rmtree(legacy, ignore_errors=True)
+    for old in checkpoint_folders(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -131,8 +177,8 @@ def find_checkpoint(path: str | Path) -> Path | None:
             candidate = root / latest.read_text().strip()
             if (candidate / TENSORS_FILE).is_file() and (candidate / STATE_FILE).is_file():
                 return candidate
-        # no usable 'latest' (e.g. a crash while a step was re-saved): the newest complete step folder
-        complete = sorted(p for p in root.glob("step_*") if (p / TENSORS_FILE).is_file() and (p / STATE_FILE).is_file())
+        # no usable 'latest' (e.g. a crash while a step was re-saved): the newest complete checkpoint folder
+        complete = [p for p in checkpoint_folders(root) if (p / TENSORS_FILE).is_file() and (p / STATE_FILE).is_file()]
         if complete:
             return complete[-1]
     return None

@@ -35,7 +35,10 @@ from calql_robot.errors import ConfigError
 
 SEED = whole(minimum=0, maximum=2**32 - 1)
 DEVICE = matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
-THREADS = whole(minimum=1, maximum=4096, optional=True)
+THREADS = Rule("auto, a whole number of CPU threads in [1, 4096], or null",
+               lambda v: v == "auto" or (is_whole(v) and 1 <= int(v) <= 4096), optional=True)
+COMPILE = Rule("auto, true or false", lambda v: str(v).lower() in ("auto", "true", "false"), optional=True)
+PREFETCH = Rule("auto, true or false", lambda v: str(v).lower() in ("auto", "true", "false"))
 BATCH_SIZE = whole(minimum=1, maximum=2**20)
 EPISODES = whole(minimum=1, maximum=2**31 - 1)
 MIXING_RATIO = Rule("-1 (proportional to the buffer sizes) or a number in [0, 1]",
@@ -48,13 +51,15 @@ EVAL_RULES: dict[str, Rule] = {
 }
 
 TRAINING_RULES: dict[str, Rule] = {
-    "run_dir": path(), "seed": SEED, "device": DEVICE, "threads": THREADS, "dataset": path(optional=True),
-    "progress": flag(), "eval.every": whole(minimum=0), **EVAL_RULES, "data.lazy": flag(),
+    "run_dir": path(), "seed": SEED, "device": DEVICE, "threads": THREADS, "compile": COMPILE,
+    "dataset": path(optional=True),
+    "progress": flag(), "progress_every": whole(minimum=0, optional=True), "eval.every": whole(minimum=0),
+    **EVAL_RULES, "data.lazy": flag(),
     "data.cache_mb": whole(minimum=1, maximum=2**24),
 }
 
 PRETRAIN_RULES: dict[str, Rule] = {
-    **TRAINING_RULES, "pretrain.steps": whole(minimum=1), "pretrain.batch_size": BATCH_SIZE,
+    **TRAINING_RULES, "data.prefetch": PREFETCH, "pretrain.steps": whole(minimum=1), "pretrain.batch_size": BATCH_SIZE,
     "pretrain.log_every": whole(minimum=1), "pretrain.save_every": whole(minimum=1),
 }
 

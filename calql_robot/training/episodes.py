@@ -16,10 +16,15 @@ __all__ = ["EpisodeRecorder", "OnlineStore"]
 
 
 class OnlineStore:
-    """The run's ``online.zarr``: finished episodes appended as they end; a valid dataset for a later pretrain."""
+    """The run's ``online.zarr``: finished episodes appended as they end; a valid dataset for a later pretrain.
+
+    With ``action_scaling`` (a policy trained on normalised actions) the episodes hold the policy's actions: the
+    store's bounds are -1 / +1 and it carries the scaling as its ``action_scaling`` attribute.
+    """
 
     def __init__(self, path: Path, obs_spec: Mapping[str, Any], action_space: gym.spaces.Box,
-                 task_cfg: Mapping[str, Any], source_kind: str = "online_finetune"):
+                 task_cfg: Mapping[str, Any], source_kind: str = "online_finetune",
+                 action_scaling: Mapping[str, Any] | None = None):
         from calql_robot.datasets.format import DatasetWriter
 
         self.path = Path(path)
@@ -27,13 +32,16 @@ class OnlineStore:
         if self.path.exists():
             self.writer = DatasetWriter.open(self.path)
         else:
+            low, high = np.asarray(action_space.low, dtype=np.float32), np.asarray(action_space.high, dtype=np.float32)
+            if action_scaling is not None:
+                low, high = -np.ones_like(low), np.ones_like(high)
             self.writer = DatasetWriter.create(
-                self.path, dict(obs_spec), np.asarray(action_space.low, dtype=np.float32),
-                np.asarray(action_space.high, dtype=np.float32), task=str(task_cfg.get("name")),
+                self.path, dict(obs_spec), low, high, task=str(task_cfg.get("name")),
                 control_freq=float(task_cfg.get("control_freq", 10.0)),
                 reward_success=self.reward_success, reward_failure=float(task_cfg.get("reward_failure", 0.0)),
-                source={"kind": source_kind},
+                source={"kind": source_kind}, action_scaling=None if action_scaling is None else dict(action_scaling),
             )
+
 
     def append(self, episode: Mapping[str, Any]) -> None:
         self.writer.add_episode(**writer_fields(episode))

@@ -11,32 +11,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import cv2
 import gymnasium as gym
 import numpy as np
 
+from calql_robot.datasets.action_scaling import ActionScaling, env_action_fn
+from calql_robot.datasets.video_io import write_mp4  # H.264 yuv420p MP4s (also used by deploy)
 from calql_robot.errors import UserError
 
 DEFAULT_EVAL_SEED = 10_000  # first env seed of evaluation rollouts unless eval.seed says otherwise
 Z_95 = 1.959963984540054    # standard normal quantile of 0.975
-
-
-def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float = 10.0) -> Path | None:
-    """Write RGB uint8 frames (H, W, 3) as an MP4 (mp4v); returns the path, or None when there are no frames."""
-    if not frames:
-        return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    tmp = path.with_name(path.stem + ".tmp.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(np.ascontiguousarray(frame[..., :3]), cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    tmp.replace(path)
-    return path
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -132,16 +115,20 @@ def evaluate_policy(
 
 
 def evaluate_agent(agent: Any, env: gym.Env, task: Mapping[str, Any], eval_cfg: Mapping[str, Any],
-                   video_path: str | Path | None = None, video_dir: str | Path | None = None) -> dict[str, Any]:
+                   video_path: str | Path | None = None, video_dir: str | Path | None = None,
+                   action_scaling: ActionScaling | None = None) -> dict[str, Any]:
     """Evaluate ``agent``'s deterministic policy (tanh of the mean) as ``eval_cfg`` says, on ``task``'s env.
 
     ``eval_cfg``: episodes, seed (first env seed, default :data:`DEFAULT_EVAL_SEED`), video_episodes (default 1).
     Videos run at the task's ``control_freq``. Tasks scored by ``normalized_score`` (Kitchen: subtasks done at the
-    end / 4) also get that score. Returns :func:`evaluate_policy`'s result.
+    end / 4) also get that score. ``action_scaling`` (a policy trained on normalised actions, see
+    :mod:`calql_robot.datasets.action_scaling`) maps each action back to the env's units before it is sent.
+    Returns :func:`evaluate_policy`'s result.
     """
     if int(eval_cfg["episodes"]) < 1:
         raise UserError(f"eval.episodes must be a positive number of rollouts, got {eval_cfg['episodes']}")
-    result = evaluate_policy(env, lambda o: agent.act(o, deterministic=True), int(eval_cfg["episodes"]),
+    to_env = env_action_fn(action_scaling)
+    result = evaluate_policy(env, lambda o: to_env(agent.act(o, deterministic=True)), int(eval_cfg["episodes"]),
                              seed=int(eval_cfg.get("seed", DEFAULT_EVAL_SEED)), video_path=video_path,
                              video_episodes=int(eval_cfg.get("video_episodes", 1)),
                              fps=float(task.get("control_freq", 10.0)), video_dir=video_dir)

@@ -15,16 +15,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from calql_robot.datasets.action_scaling import ActionScaling
 from calql_robot.errors import UserError
 from calql_robot.training import session
-from calql_robot.training.checkpoint import find_checkpoint, load_checkpoint, saved_step
+from calql_robot.training.checkpoint import checkpoint_counter, find_checkpoint, load_checkpoint, saved_step
 from calql_robot.training.config_check import TASK_RULES, check_agent_config, check_evaluate_config, check_keys
+from calql_robot.training.run_files import print_run_dir
 
 EPISODE_COLUMNS = ("seed", "success", "return", "length")
 
 
 def checkpoint_run_dir(ckpt: Path) -> Path:
-    """The run directory a checkpoint folder belongs to (``RUN/checkpoints/step_N`` -> ``RUN``), else the folder."""
+    """The run directory a checkpoint folder belongs to (``RUN/checkpoints/update_N`` -> ``RUN``), else the folder."""
     ckpt = ckpt.resolve()
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
 
@@ -108,11 +110,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     source = cfg.get("checkpoint")
     if not source:
         raise UserError("evaluate needs checkpoint=PATH: a pretrain/finetune run directory or one of its "
-                        "checkpoints/step_* folders")
+                        "checkpoint folders (checkpoints/update_* or checkpoints/env_step_*)")
     check_evaluate_config(cfg)
     if not Path(str(source)).expanduser().exists():
         raise UserError(f"checkpoint '{source}' does not exist; expected a pretrain/finetune run directory or one of "
-                        f"its checkpoints/step_* folders")
+                        f"its checkpoint folders (checkpoints/update_* or checkpoints/env_step_*)")
     ckpt = find_checkpoint(str(source))
     tensors, state = load_checkpoint(ckpt or str(source))  # no checkpoint there: a UserError saying so
     ckpt = ckpt.resolve()
@@ -131,14 +133,21 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     env = make_task_env(cfg.task, seed=int(cfg.eval.seed), render=video)
     try:
         env_spec = obs_spec_from_space(env.observation_space)
-        agent = session.build_agent_for(cfg, env_spec, int(env.action_space.shape[0]), device, build_agent)
+        scaling = ActionScaling.from_checkpoint_state(state, f"checkpoint '{ckpt}'")  # policy -> env units
+        if scaling is not None:
+            scaling.check_dim(int(env.action_space.shape[0]), f"checkpoint '{ckpt}' on task '{cfg.task.name}'")
+        agent = session.build_agent_for(cfg, env_spec, int(env.action_space.shape[0]), device, build_agent,
+                                        acting_only=True)
         session.restore_agent(agent, tensors, state)
         step = saved_step(state, ckpt) if "step" in state else 0
-        print(f"evaluating {ckpt} (step {step}) on task '{cfg.task.name}': {int(cfg.eval.episodes)} episodes from "
+        counter = checkpoint_counter(state)
+        print(f"evaluating {ckpt} ({counter.replace('_', ' ')} {step}) on task"
+              f" '{cfg.task.name}': {int(cfg.eval.episodes)} episodes from "
               f"env seed {int(cfg.eval.seed)}; writing to {output}")
         output.mkdir(parents=True, exist_ok=True)
         _remove_previous_videos(output)
-        result = evaluate_agent(agent, env, cfg.task, cfg.eval, video_dir=output / "videos" if video else None)
+        result = evaluate_agent(agent, env, cfg.task, cfg.eval, video_dir=output / "videos" if video else None,
+                                action_scaling=scaling)
     finally:
         env.close()
 
@@ -146,7 +155,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     write_episodes_csv(output / "episodes.csv", rows)
     low, high = result["success_ci95"]
     summary = {
-        "checkpoint": str(ckpt), "step": step, "phase": state.get("phase"), "task": str(cfg.task.name),
+        "checkpoint": str(ckpt), "step": step, "counter": counter, "phase": state.get("phase"),
+        "task": str(cfg.task.name),
         "agent": str(cfg.agent.variant), "seeds": [r["seed"] for r in rows], "episodes": len(rows),
         "successes": int(sum(r["success"] for r in rows)), "success_rate": result["success_rate"],
         "ci95": [low, high], "return_mean": result["return_mean"], "return_std": result["return_std"],
@@ -159,6 +169,5 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
           f"[{low:.3f}, {high:.3f}]; mean return {summary['return_mean']:.3f}; mean episode length "
           f"{summary['length_mean']:.1f}"
           + (f"; normalized score {summary['normalized_score']:.3f}" if "normalized_score" in summary else ""))
-    print(f"episodes: {output / 'episodes.csv'}; summary: {output / 'summary.json'}"
-          + (f"; videos: {output / 'videos'}" if summary["videos"] else ""))
+    print_run_dir(output, "output folder")
     return summary

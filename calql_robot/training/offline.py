@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
+from calql_robot.datasets.action_scaling import ActionScaling
 from calql_robot.errors import UserError
+from calql_robot.progress import Progress
 from calql_robot.training import session
 from calql_robot.training.checkpoint import (
     check_state_keys,
@@ -21,10 +21,14 @@ from calql_robot.training.checkpoint import (
     save_checkpoint,
     saved_step,
 )
+from calql_robot.training.compile_choice import apply_compile
 from calql_robot.training.config_check import check_pretrain_config
 from calql_robot.training.logger import MetricsLogger
-from calql_robot.training.plots import plot_run
-from calql_robot.training.replay import MixedSampler, ReplayBuffer, RewardTransform, batch_to_torch
+from calql_robot.training.plots import RunInfo, plot_run
+from calql_robot.training.prefetch import training_batches
+from calql_robot.training.replay import MixedSampler, ReplayBuffer, RewardTransform
+from calql_robot.training.run_files import print_run_dir
+from calql_robot.training.update_timer import UpdateTimer
 
 
 def load_offline_buffer(cfg: DictConfig, path: Path, env_obs_spec: dict[str, Any]) -> tuple[Any, ReplayBuffer]:
@@ -65,7 +69,13 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     env = make_task_env(cfg.task, seed=int(cfg.seed), render=bool(cfg.eval.video))
     env_spec = obs_spec_from_space(env.observation_space)
     dataset, buffer = load_offline_buffer(cfg, path, env_spec)
-    agent = session.build_agent_for(cfg, env_spec, int(env.action_space.shape[0]), device, build_agent)
+    scaling = ActionScaling.from_store_attrs(dataset.attrs, f"dataset '{path}'")  # stored actions -> env units
+    if scaling is not None:
+        scaling.check_dim(int(env.action_space.shape[0]), f"dataset '{path}' for task '{cfg.task.name}'")
+        print(scaling.describe())
+    agent = session.build_agent_for(cfg, env_spec, int(env.action_space.shape[0]), device, build_agent,
+                                    batch_size=int(pcfg.batch_size))
+    apply_compile(agent, cfg.get("compile", "auto"), device, int(pcfg.steps))
     session.fit_to_offline_data(agent, dataset, buffer)  # a resumed run's checkpoint then restores the same values
     sampler = MixedSampler(buffer, None, 1.0, seed=int(cfg.seed))
 
@@ -78,46 +88,50 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         restore_rng_state(tensors, state["rng"], f"checkpoint '{ckpt}'")
         restore_generator(sampler.rng, state["sampler_rng"], f"checkpoint '{ckpt}'")
         step = saved_step(state, ckpt)
-        print(f"resuming from {ckpt} at step {step}")
+        print(f"resuming from {ckpt} at update {step}")
     prepare_run_dir(cfg)  # everything above was checked: only now is the run directory created or its config saved
-    logger = MetricsLogger(run_dir, resume_step=step if ckpt is not None else None)
+    logger = MetricsLogger(run_dir, resume_step=step if ckpt is not None else None, index="update")
 
     def save() -> Path:
         state = {"phase": "pretrain", "dataset": str(path.resolve()), "agent_meta": session.agent_meta(agent),
-                 "sampler_rng": sampler.rng.bit_generator.state, "config": OmegaConf.to_container(cfg, resolve=True)}
-        return save_checkpoint(run_dir, step, session.checkpoint_tensors(agent), state)
+                 "action_scaling": None if scaling is None else scaling.to_json(),
+                 "sampler_rng": batches.resume_state(), "config": OmegaConf.to_container(cfg, resolve=True)}
+        return save_checkpoint(run_dir, step, session.checkpoint_tensors(agent), state, counter="update")
 
     total = int(pcfg.steps)
     last_eval: dict[str, Any] = {}
-    bar = tqdm(total=total, initial=step, desc=f"pretrain {cfg.task.name} [{cfg.agent.variant}]", unit="upd",
-               dynamic_ncols=True, disable=not cfg.progress)
-    t0, step0 = time.perf_counter(), step
+    bar = Progress(total, f"pretrain {cfg.task.name} [{cfg.agent.variant}]", "upd", initial=step,
+                   bar=bool(cfg.progress), every=cfg.get("progress_every"))
+    batches = training_batches(cfg, sampler, device)
+    timer = UpdateTimer(agent)  # sampling wait + update only: evaluation and checkpoints are timed apart
+    step0 = step
     while step < total:
-        metrics = agent.update(batch_to_torch(sampler.sample(int(pcfg.batch_size)), device))
+        with timer:
+            metrics = agent.update(batches.next())
         step += 1
         bar.update(1)
         if step % int(pcfg.log_every) == 0 or step == total:
-            metrics["updates_per_s"] = (step - step0) / max(time.perf_counter() - t0, 1e-9)
+            metrics.update(timer.rates(batches.wait_s))
             logger.log("train", step, metrics)
             bar.set_postfix(q=f"{metrics.get('q_data_mean', np.nan):.2f}",
                             mc=f"{metrics.get('mc_return_mean', np.nan):.2f}",
                             bound=f"{metrics.get('bound_rate', np.nan):.2f}", refresh=False)
         if int(cfg.eval.every) > 0 and (step % int(cfg.eval.every) == 0 or step == total):
-            last_eval = session.evaluate_and_log(agent, env, cfg, run_dir, step, logger, "pretrain")
-            bar.write(f"step {step}: eval success {last_eval['success_rate']:.2f}, "
+            last_eval = session.evaluate_and_log(agent, env, cfg, run_dir, step, logger, "pretrain_update",
+                                                 action_scaling=scaling)
+            bar.write(f"update {step}: eval success {last_eval['success_rate']:.2f}, "
                       f"return {last_eval['return_mean']:.2f}")
         if step % int(pcfg.save_every) == 0 or step == total:
             save()
     bar.close()
+    batches.close()
     logger.close()
     env.close()
+    if step > step0:
+        print(timer.summary(batches.wait_s))
     if step0 >= total:
-        print(f"run already complete at step {total}; nothing to do (raise pretrain.steps to train longer)")
-    plots = plot_run(run_dir)
+        print(f"run already complete at update {total}; nothing to do (raise pretrain.steps to train longer)")
+    plot_run(run_dir, RunInfo.from_cfg(cfg, "pretrain"))
     print(f"checkpoint: {find_checkpoint(run_dir)}")
-    print(f"logs: {run_dir / 'train.csv'}, {run_dir / 'eval.csv'}, TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    if last_eval.get("video"):
-        print(f"video: {last_eval['video']}")
-    for p in plots:
-        print(f"plot: {p}")
-    return {"step": step, **{k: v for k, v in last_eval.items() if k != "video"}}
+    print_run_dir(run_dir)
+    return {"update": step, **{k: v for k, v in last_eval.items() if k != "video"}}

@@ -22,12 +22,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_threads(threads: int | None) -> None:
-    """Set PyTorch's intra-op threads (None keeps its default, one per core).
+def set_threads(threads: int | str | None) -> None:
+    """Set PyTorch's intra-op threads (None keeps its default, one per core; ``auto`` is decided, and every choice
+    printed, by :func:`build_agent_for` once the observations are known: :mod:`calql_robot.training.threads`).
 
     Several runs sharing a machine should use 1 each: oversubscribed threads made an update 14x slower here.
     """
-    if threads is not None:
+    if threads is not None and str(threads) != "auto":
         if int(threads) < 1:
             raise UserError(f"threads must be a positive number of CPU threads or null, got {threads}")
         torch.set_num_threads(int(threads))
@@ -96,11 +97,18 @@ def load_start_checkpoint(cfg: DictConfig, run_dir: Path, source: Any) -> tuple[
     return cfg, own_ckpt, tensors, state
 
 
-def continue_from_checkpoint(cfg: DictConfig, run_dir: Path, source: Any) -> tuple[DictConfig, Path | None, Any, Any]:
-    """:func:`load_start_checkpoint`, then save the cfg (with the agent actually used) as ``run_dir/config.yaml``."""
-    cfg, own_ckpt, tensors, state = load_start_checkpoint(cfg, run_dir, source)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the agent actually used
-    return cfg, own_ckpt, tensors, state
+def check_checkpoint_task(cfg: DictConfig, state: dict[str, Any], source: Any) -> None:
+    """Refuse a checkpoint whose saved config names another task than ``cfg.task.name`` (before anything is built)."""
+    from calql_robot.training.checkpoint import find_checkpoint
+
+    saved = state.get("config")
+    saved_task = saved.get("task") if isinstance(saved, dict) else None
+    trained_on = saved_task.get("name") if isinstance(saved_task, dict) else None
+    given = OmegaConf.select(cfg, "task.name", default=None)
+    if trained_on is not None and given is not None and str(trained_on) != str(given):
+        folder = find_checkpoint(source) or source
+        raise UserError(f"checkpoint {folder} was trained on task {trained_on}, not {given}; pass task={trained_on} "
+                        f"to continue it, or checkpoint= a run of task {given}")
 
 
 def run_dir_path(cfg: DictConfig) -> Path:
@@ -159,8 +167,8 @@ def check_obs_spec(dataset_spec: dict[str, Any], env_spec: dict[str, Any], datas
 
 
 def evaluate_and_log(agent: Any, env: Any, cfg: DictConfig, run_dir: Path, step: int, logger: Any,
-                     tag: str) -> dict[str, Any]:
-    """Evaluate the deterministic policy per ``cfg.eval``, log ``eval`` metrics, save a rollout MP4 in ``videos/``.
+                     tag: str, action_scaling: Any = None) -> dict[str, Any]:
+    """Evaluate the deterministic policy per ``cfg.eval``, log ``eval`` metrics, save ``videos/<tag>_<step>.mp4``.
 
     The same rollouts and metrics as the evaluation app (:func:`calql_robot.training.evaluate.evaluate_agent`):
     env seeds ``eval.seed`` (default 10000), ``eval.seed + 1``, ...; tasks scored by ``normalized_score`` (Kitchen)
@@ -168,9 +176,11 @@ def evaluate_and_log(agent: Any, env: Any, cfg: DictConfig, run_dir: Path, step:
     """
     from calql_robot.training.evaluate import evaluate_agent, scalar_metrics
 
-    video = run_dir / "videos" / f"{tag}_step_{step:09d}.mp4" if cfg.eval.get("video", True) else None
-    result = evaluate_agent(agent, env, cfg.task, cfg.eval, video_path=video)
+    video = run_dir / "videos" / f"{tag}_{step:09d}.mp4" if cfg.eval.get("video", True) else None  # pretrain_update_N
+    result = evaluate_agent(agent, env, cfg.task, cfg.eval, video_path=video, action_scaling=action_scaling)
     logger.log("eval", step, scalar_metrics(result))
+    if result.get("video") and hasattr(logger, "video"):
+        logger.video("eval/video", step, result["video"])  # TensorBoard's Images tab, as add_video shows it
     return result
 
 
@@ -218,8 +228,12 @@ def fit_to_offline_data(agent: Any, dataset: Any, buffer: Any) -> None:
 
 
 def build_agent_for(cfg: DictConfig, obs_spec: dict[str, Any], action_dim: int, device: torch.device,
-                    build_agent: Any) -> Any:
-    """Build ``cfg.agent`` for the task's observation spec and action dimension."""
+                    build_agent: Any, batch_size: int | None = None, acting_only: bool = False) -> Any:
+    """Set the CPU threads (``cfg.threads``, see :mod:`~calql_robot.training.threads`), then build ``cfg.agent``
+    for the task's observation spec and action dimension."""
+    from calql_robot.training.threads import apply_threads
+
+    apply_threads(cfg.get("threads"), obs_spec, device, batch_size=batch_size, acting_only=acting_only)
     agent = build_agent(agent_config(cfg), obs_spec, action_dim, device)
     print(f"agent: {cfg.agent.variant} on {device}, observation keys {sorted(obs_spec)}, action dim {action_dim}")
     return agent

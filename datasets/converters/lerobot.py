@@ -7,8 +7,9 @@ videos/chunk-*/<key>/episode_*.mp4. Paths follow info.json's data_path / video_p
 
 Each frame row holds observation t, action t, next.reward / next.done / next.success after action t. An episode of L
 frames gives L-1 transitions (the last action has no next observation and is dropped); the outcome is next.success at
-the last frame, else whether any next.reward reaches reward.success_value. Video frames are decoded with OpenCV at
-index round((from_timestamp + timestamp) * fps), reading forward through the file (frame-accurate, no seeking).
+the last frame, else whether any next.reward reaches reward.success_value. Video frames (AV1, H.264, ...) are decoded
+with PyAV at presentation time from_timestamp + timestamp, as LeRobot does: seek by pts to the key frame before it,
+decode forward, take the frame whose pts is nearest (within half a frame period, else the episode is named as bad).
 """
 
 from __future__ import annotations
@@ -255,8 +256,8 @@ class LeRobotDataset:
         path = self.root / rel
         if path not in self._videos:
             self._videos[path] = VideoReader(path)
-        frame_idx = np.rint((offset + timestamps) * float(fps)).astype(np.int64)
-        return self._videos[path].read(frame_idx)
+        times = offset + np.asarray(timestamps, dtype=np.float64)
+        return self._videos[path].read_times(times, tolerance=0.5 / float(fps))
 
     def close(self) -> None:
         for reader in self._videos.values():

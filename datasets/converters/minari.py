@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from calql_robot.datasets.converters.minari_layouts import BadEpisode, Layout, layout_for, task_name_for
 from calql_robot.datasets.format import DatasetWriter, staged_store
-from calql_robot.errors import UserError
+from calql_robot.errors import ConfigError, UserError
+from calql_robot.progress import progress_iter
 
 
 def _option(cfg: Any, key: str, default: Any = None) -> Any:
@@ -115,6 +115,9 @@ def convert(cfg: Any) -> dict[str, Any]:
     output = _option(cfg, "output")
     if not output:
         raise UserError("convert source=minari: 'output' must name the STORE.zarr to create")
+    if _option(cfg, "action_normalize", False):
+        raise ConfigError("action_normalize=true does not apply to source=minari: a Minari dataset's actions are the "
+                          "environment's own, stored with its action space's bounds; drop the option")
     dataset = _open_dataset(resolve_data_path(source, bool(_option(cfg, "download", False))))
     where = f"Minari dataset '{dataset.id}'"
     env_spec = dataset.spec.env_spec
@@ -133,7 +136,8 @@ def convert(cfg: Any) -> dict[str, Any]:
     n_kept, n_success, n_dropped_steps = 0, 0, 0
     with staged_store(output, overwrite=bool(_option(cfg, "overwrite", False))) as tmp:
         writer = None
-        for episode in tqdm(dataset.iterate_episodes(), total=dataset.total_episodes, desc=f"convert {dataset.id}"):
+        for episode in progress_iter(dataset.iterate_episodes(), desc=f"convert {dataset.id}", unit="episode",
+                                     total=dataset.total_episodes):
             try:
                 result = layout.convert(episode)
             except BadEpisode as err:

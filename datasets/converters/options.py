@@ -59,6 +59,7 @@ CONVERT_RULES: dict[str, Rule] = {
     "action_bounds": Rule("[low, high], each a number or a list of numbers (one per action dimension)",
                           lambda v: isinstance(v, list) and len(v) == 2 and all(_is_bound(b) for b in v),
                           optional=True),
+    "action_normalize": flag(),
     "keys.obs": Rule("a mapping {our_key: source_field} or {our_key: [field, ...]}",
                      lambda v: isinstance(v, Mapping), optional=True),
     "keys.action": text(optional=True),

@@ -31,9 +31,14 @@ from calql_robot.datasets.converters.common import (
     resize_frames,
     to_uint8_images,
 )
-from calql_robot.datasets.converters.robosuite_replay import RobosuiteReplayer, env_kwargs_from_attrs
+from calql_robot.datasets.converters.robosuite_replay import (
+    RobosuiteReplayer,
+    default_control_freq,
+    env_kwargs_from_attrs,
+)
 from calql_robot.datasets.converters.writing import write_episodes
 from calql_robot.errors import ConfigError, UserError
+from calql_robot.progress import print_line
 
 DEFAULT_REPLAY_OBS = {"robot0_eef_pos": "robot0_eef_pos", "robot0_eef_quat": "robot0_eef_quat",
                       "robot0_gripper_qpos": "robot0_gripper_qpos", "object": "object-state"}
@@ -287,6 +292,12 @@ def convert(cfg: DictConfig) -> dict:
         control_freq = kwargs.get("control_freq")
         if control_freq is None and any(reader.needs_replay(reader.file["data"][n]) for n in reader.names[:1]):
             control_freq = reader.replayer().control_freq
+        if control_freq is None and cfg.get("control_freq") is None and kwargs.get("env_name"):
+            control_freq = default_control_freq(kwargs["env_name"])  # robomimic's tools keep only the kwargs given
+            if control_freq is not None:
+                print_line(f"input {reader.path}: env_kwargs give no control_freq; using robosuite's default for "
+                           f"{kwargs['env_name']}, {control_freq:g} Hz (pass control_freq=HZ if the demos ran at "
+                           "another rate)")
         task = cfg.task or kwargs.get("env_name") or reader.path.stem
         source = {"kind": "robomimic", "input": str(reader.path), "env_name": kwargs.get("env_name"),
                   "replay": str(cfg.robomimic.replay)}

@@ -38,6 +38,26 @@ def env_kwargs_from_attrs(attrs: dict[str, Any], where: str) -> dict[str, Any]:
     return kwargs
 
 
+def default_control_freq(env_name: str) -> float | None:
+    """The control frequency (Hz) robosuite's environment ``env_name`` runs at when its kwargs give none: the default
+    of the ``control_freq`` argument of the nearest ``__init__`` in its class hierarchy, read from the installed
+    robosuite (20 Hz for every environment of robosuite 1.5.2). None when robosuite registers no such environment."""
+    import inspect
+
+    import robosuite  # noqa: F401 (registers the environments)
+    from robosuite.environments.base import REGISTERED_ENVS
+
+    env_class = REGISTERED_ENVS.get(str(env_name))
+    for cls in env_class.__mro__ if env_class is not None else ():
+        if "__init__" in vars(cls):
+            param = inspect.signature(cls.__init__).parameters.get("control_freq")
+            if param is not None:
+                default = param.default
+                ok = isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0
+                return float(default) if ok else None
+    return None
+
+
 class RobosuiteReplayer:
     """A robosuite environment built once, used to render observations for demo states.
 

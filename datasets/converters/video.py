@@ -1,8 +1,8 @@
-"""Frame-accurate video decoding with OpenCV for the converters (MP4 from LeRobot datasets and lab logs).
+"""Frames for the converters: video files through PyAV (:mod:`calql_robot.datasets.video_io`), image files and
+encoded image bytes through OpenCV.
 
-Seeking in compressed video is not frame-accurate with every codec, so :class:`VideoReader` never seeks: it reads
-forward from its current position (grabbing and discarding frames it does not need) and re-opens the file only to go
-back. Episodes stored one after another in one file (LeRobot v3.0) therefore cost one pass over the file.
+:class:`VideoReader` reads AV1 (LeRobot v3.0's default), H.264, HEVC, VP9 and MPEG-4 Part 2 frame-accurately: by
+presentation time (LeRobot) or by frame ordinal (lab logs); see :mod:`calql_robot.datasets.video_io`.
 """
 
 from __future__ import annotations
@@ -12,72 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from calql_robot.datasets.video_io import VideoReader
 from calql_robot.errors import UserError
 
-
-class VideoReader:
-    """Sequential frame reader for one video file; frames come back RGB uint8 (H, W, 3)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"video {self.path} does not exist")
-        self._cap: cv2.VideoCapture | None = None
-        self._next = 0
-        self._open()
-        self.fps = float(self._cap.get(cv2.CAP_PROP_FPS))
-        self.n_frames = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
-
-    def _open(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-        self._cap = cv2.VideoCapture(str(self.path))
-        if not self._cap.isOpened():
-            raise UserError(f"video {self.path} cannot be opened by OpenCV (corrupt file or unsupported codec)")
-        self._next = 0
-
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """Frames at the given non-decreasing frame indices (K,) -> (K, H, W, 3) RGB uint8."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.size == 0:
-            raise UserError(f"video {self.path}: no frames requested")
-        if np.any(np.diff(indices) < 0) or indices[0] < 0:
-            raise UserError(f"video {self.path}: frame indices must be non-negative and non-decreasing")
-        if indices[0] < self._next:
-            self._open()
-        frames: list[np.ndarray] = []
-        last: np.ndarray | None = None
-        last_index = -1
-        for index in indices:
-            if index == last_index and last is not None:
-                frames.append(last)
-                continue
-            while self._next < index:
-                if not self._cap.grab():
-                    raise self._short(int(index))
-                self._next += 1
-            ok, bgr = self._cap.read()
-            if not ok:
-                raise self._short(int(index))
-            self._next += 1
-            last, last_index = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), int(index)
-            frames.append(last)
-        return np.stack(frames)
-
-    def _short(self, index: int) -> UserError:
-        return UserError(f"video {self.path}: frame {index} cannot be decoded (the file holds {self._next} readable "
-                         f"frames; it is shorter than its timestamps say, or corrupt)")
-
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+__all__ = ["VideoReader", "decode_image_bytes", "read_image_files"]
 
 
 def read_image_files(paths: list[Path]) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Keys and transport policy of the robot link: CurveZMQ key files, the client allow-list, and where plain text is
 allowed.
 
-A key folder made by ``python -m calql_robot.robot_keys dir=KEYS clients=[learner]`` holds::
+A key folder made by ``python -m calql_robot.robot_keys keys_dir=KEYS clients=[learner]`` holds::
 
     KEYS/server.key                   the server's public key        (copy to every learner)
     KEYS/server.key_secret            the server's key pair          (stays on the robot PC)
@@ -57,7 +57,7 @@ class ServerKeys:
         root = Path(keys_dir).expanduser()
         if not root.is_dir():
             raise UserError(f"{config_key} is {str(keys_dir)!r}, which is not a folder; create the keys with "
-                            f"`python -m calql_robot.robot_keys dir={keys_dir} clients=[learner]`")
+                            f"`python -m calql_robot.robot_keys keys_dir={keys_dir} clients=[learner]`")
         public, secret = read_key_file(root / SERVER_SECRET, need_secret=True)
         allowed = load_allow_list(root / ALLOWED_DIR)
         return cls(public=public, secret=secret, allowed=allowed)  # type: ignore[arg-type]
@@ -135,7 +135,7 @@ def load_allow_list(folder: Path) -> dict[bytes, str]:
         info = folder.stat()
     except OSError:
         raise UserError(f"allow-list folder {folder} does not exist; add a learner with "
-                        f"`python -m calql_robot.robot_keys dir={folder.parent} clients=[learner]`") from None
+                        f"`python -m calql_robot.robot_keys keys_dir={folder.parent} clients=[learner]`") from None
     if not stat.S_ISDIR(info.st_mode):
         raise UserError(f"allow-list {folder} is not a folder")
     if os.name == "posix" and info.st_mode & 0o022:
@@ -147,7 +147,7 @@ def load_allow_list(folder: Path) -> dict[bytes, str]:
         allowed[public] = path.stem
     if not allowed:
         raise UserError(f"allow-list folder {folder} holds no *.key file, so no learner could connect; add one with "
-                        f"`python -m calql_robot.robot_keys dir={folder.parent} clients=[learner]`")
+                        f"`python -m calql_robot.robot_keys keys_dir={folder.parent} clients=[learner]`")
     return allowed
 
 
