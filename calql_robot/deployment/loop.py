@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from calql_robot.datasets.action_scaling import ActionScaling, env_action_fn
 from calql_robot.deployment.learner import BackgroundLearner, PolicySnapshot
+from calql_robot.deployment.reward_source import ClassifierReward, env_reward_source
 from calql_robot.errors import UserError
 from calql_robot.progress import Progress
 from calql_robot.training import session
@@ -40,7 +41,7 @@ def _make_env(cfg: DictConfig) -> Any:
     dcfg = cfg.deploy
     events = make_event_source(str(dcfg.events.kind), OmegaConf.to_container(dcfg.events.script, resolve=True))
     return make_robot_env(cfg.robot, horizon=int(cfg.task.horizon), events=events,
-                          reward_source=str(dcfg.reward_source),
+                          reward_source=env_reward_source(str(dcfg.reward_source)),
                           reward_success=float(cfg.task.reward_success), reward_failure=float(cfg.task.reward_failure))
 
 
@@ -83,8 +84,12 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise UserError("deploy needs checkpoint=PATH (a pretrain or finetune run directory) for its first run")
     cfg, own_ckpt, tensors, state = session.load_start_checkpoint(cfg, run_dir, cfg.get("checkpoint"))
     device = session.setup_torch(cfg)
+    classifier_reward = ClassifierReward.from_cfg(cfg, device)  # None unless deploy.reward_source=classifier
     env = _make_env(cfg)
     obs_spec, action_dim = dict(env.obs_spec), int(env.action_space.shape[0])
+    if classifier_reward is not None:
+        classifier_reward.check_obs_spec(obs_spec, str(OmegaConf.select(cfg, "robot.name", default="?")))
+        print(classifier_reward.describe())
     dataset = cfg.dataset or state.get("dataset")
     offline = None
     if dataset and float(dcfg.mixing_ratio) != 0:
@@ -140,6 +145,8 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             learner.sync(policy)
             obs, _ = env.reset(seed=int(cfg.seed) + counters["episodes"])
             recorder.start(obs)
+            if classifier_reward is not None:
+                classifier_reward.reset()
             done, t_start, n_events = False, time.perf_counter(), 0
             while not done:
                 if learner.error is not None:
@@ -148,6 +155,9 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     learner.sync(policy)
                 action = policy.act(obs, deterministic=bool(dcfg.deterministic))
                 obs, reward, terminated, truncated, info = env.step(to_env(action))
+                if classifier_reward is not None:
+                    reward, terminated, truncated, info = classifier_reward.step(obs, reward, terminated, truncated,
+                                                                                 info)
                 sent = info["action_sent"] if scaling is None else policy_units(scaling, info["action_sent"])
                 recorder.step(obs, sent, reward, terminated, truncated, bool(info["success"]))
                 n_events += len(info["safety_events"])
@@ -174,7 +184,8 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "return": float(np.sum(episode["rewards"])), "success": float(episode["success"]),
                 "length": len(episode["actions"]), "success_rate": counters["successes"] / counters["episodes"],
                 "overruns": int(info["overruns"]), "safety_events": n_events, "steps_per_s": steps_per_s,
-                "learner_updates": learner.updates, "policy_version": policy.version})
+                "learner_updates": learner.updates, "policy_version": policy.version,
+                **(classifier_reward.episode_metrics() if classifier_reward is not None else {})})
             if learner.metrics:
                 logger.log("train", counters["episodes"], learner.metrics)
             bar.update(1)

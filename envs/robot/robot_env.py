@@ -11,7 +11,8 @@ observation, ask the event source for labels / pause / abort / e-stop, compute t
 A success label, a failure label or (with ``terminate_on_success``) the robot's success set ``terminated``; the
 horizon, an abort, a latched e-stop, or (with reward_source="env", where labels do not count) a label set
 ``truncated``. ``info`` holds ``success``, ``failure``, ``label``, ``safety_events`` (list of dicts),
-``overrun_s`` (this step), ``overruns`` (episode total), ``action_sent``, ``aborted``, ``estop``, ``paused_s``.
+``env_success`` (the robot's own success, or None), ``overrun_s`` (this step), ``overruns`` (episode total),
+``action_sent``, ``aborted``, ``estop``, ``paused_s``.
 ``reset`` returns info with ``aborted``, ``episode`` and the ``safety_events`` recorded between episodes.
 ``env.aborted`` stays true after an abort so a loop can stop.
 """
@@ -180,6 +181,7 @@ class RobotEnv(gym.Env):
         truncated = bool(not terminated and cut)
         events = sorted(self.robot.drain_safety_events(), key=lambda e: e.time)
         info = {"success": bool(success), "failure": bool(failure), "label": label, "env_reward": signal.reward,
+                "env_success": signal.success,
                 "safety_events": [e.to_dict() for e in events], "overrun_s": overrun, "overruns": self._overruns,
                 "action_sent": np.asarray(sent, np.float32), "aborted": self.aborted, "estop": estop_latched,
                 "paused_s": paused_s}
