@@ -7,9 +7,11 @@ writes, verifies and summarises.
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -53,6 +55,24 @@ class Episode:
     terminals: np.ndarray
     truncations: np.ndarray
     success: bool
+
+
+def read_json_lines(path: Path, what: str, hint: str = "") -> list[Any]:
+    """The JSON value of every non-blank line of ``path``; UserError "``what`` PATH, line N: not valid JSON (...)"
+    (``hint`` appended) for a bad line and "``what`` PATH cannot be read (...)" when the file cannot be read."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{what} {path} cannot be read ({err})") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{what} {path}, line {number}: not valid JSON ({err.msg}){hint}") from None
+    return rows
 
 
 def episode_error(episode: str, field_name: str, problem: str) -> UserError:

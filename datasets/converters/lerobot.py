@@ -32,6 +32,7 @@ from calql_robot.datasets.converters.common import (
     obs_mapping_from_cfg,
     observation_from_fields,
     parse_image_size,
+    read_json_lines,
     resize_frames,
 )
 from calql_robot.datasets.converters.video import VideoReader, decode_image_bytes
@@ -174,19 +175,7 @@ class LeRobotDataset:
         path = self.root / "meta" / "episodes.jsonl"
         if not path.is_file():
             raise UserError(f"input {self.root}: no meta/episodes.jsonl (LeRobot v2.1)")
-        rows = []
-        try:
-            lines = path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"input {path} cannot be read ({err})") from None
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"input {path}, line {number}: not valid JSON ({err.msg}); expected one episode "
-                                "object per line") from None
+        rows = read_json_lines(path, "input", "; expected one episode object per line")
         return _checked_episodes(rows, str(path))
 
     def _path(self, key: str, default: str, **fields: Any) -> str:

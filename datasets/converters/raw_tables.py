@@ -7,7 +7,6 @@ per field with the sample along axis 0 (no pickled objects). Every table has a `
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from calql_robot.datasets.converters.common import read_json_lines
 from calql_robot.datasets.converters.timestamps import check_timestamps
 from calql_robot.errors import UserError
 
@@ -51,15 +51,7 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_jsonl(path: Path) -> dict[str, np.ndarray]:
-    rows = []
-    with path.open() as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"table {path}, line {line_no}: not valid JSON ({err.msg})") from None
+    rows = read_json_lines(path, "table")
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise UserError(f"table {path}: expected one JSON object per line")
     fields = list(rows[0])
