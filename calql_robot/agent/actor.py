@@ -7,7 +7,7 @@ The actor runs once per state batch; any number of action samples are drawn from
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,3 +73,15 @@ class TanhGaussianActor(nn.Module):
     def deterministic(mean: torch.Tensor) -> torch.Tensor:
         """The evaluation action tanh(mean), (B, A)."""
         return torch.tanh(mean)
+
+
+def policy_actions(encoder: nn.Module, actor: TanhGaussianActor, obs: Mapping[str, torch.Tensor],
+                   deterministic: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Actions (B, A) in [-1, 1] for obs {k: (B, ...)}: the encoder without augmentation, then tanh(mean) or one
+    sample drawn with ``generator``; no gradients. What the agent, deploy's policy snapshots and the Python API act
+    with."""
+    with torch.no_grad():
+        mean, log_std = actor(encoder(obs, augment=False))
+        if deterministic:
+            return TanhGaussianActor.deterministic(mean)
+        return TanhGaussianActor.sample(mean, log_std, 1, generator)[0][0]

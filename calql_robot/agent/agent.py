@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from calql_robot.agent import losses
-from calql_robot.agent.actor import TanhGaussianActor
+from calql_robot.agent.actor import TanhGaussianActor, policy_actions
 from calql_robot.agent.config import AgentConfig
 from calql_robot.agent.cpu_tuning import tune_cpu_allocator
 from calql_robot.agent.critic import QEnsemble
@@ -260,11 +260,7 @@ class CalQLAgent:
         encoder = self.policy_ema["encoder_ema"] if use_ema else self.encoder
         actor = self.policy_ema["actor_ema"] if use_ema else self.actor
         encoder.eval()
-        with torch.no_grad():
-            mean, log_std = actor(encoder(obs, augment=False))
-            if deterministic:
-                return TanhGaussianActor.deterministic(mean)
-            return TanhGaussianActor.sample(mean, log_std, 1, self.generator)[0][0]
+        return policy_actions(encoder, actor, obs, deterministic, self.generator)
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool) -> np.ndarray:
         """One observation {k: (...)} without batch dim -> action (A,) float32; deterministic = tanh(mean)."""

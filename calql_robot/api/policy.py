@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calql_robot.agent.actor import TanhGaussianActor
+from calql_robot.agent.actor import TanhGaussianActor, policy_actions
 from calql_robot.datasets.action_scaling import ActionScaling
 from calql_robot.errors import UserError
 
@@ -83,13 +83,7 @@ class Policy:
 
     def _act_tensors(self, batch: Mapping[str, torch.Tensor], deterministic: bool) -> torch.Tensor:
         """Checked tensors on the device -> actions (B, A): encoder, actor, tanh, then :meth:`_action_out`."""
-        with torch.no_grad():
-            mean, log_std = self.actor(self.encoder(batch, augment=False))
-            if deterministic:
-                action = TanhGaussianActor.deterministic(mean)
-            else:
-                action = TanhGaussianActor.sample(mean, log_std, 1, self._generator)[0][0]
-        return self._action_out(action)
+        return self._action_out(policy_actions(self.encoder, self.actor, batch, deterministic, self._generator))
 
     def _action_out(self, action: torch.Tensor) -> torch.Tensor:
         """The one place where an action leaves the policy: (B, A) in [-1, 1] -> (B, A) as the env takes it.

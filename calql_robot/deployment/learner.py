@@ -38,15 +38,10 @@ class PolicySnapshot:
         self.version = version
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
-        from calql_robot.agent.actor import TanhGaussianActor
+        from calql_robot.agent.actor import policy_actions
 
         batch = {k: torch.as_tensor(np.asarray(obs[k])).unsqueeze(0) for k in self.obs_spec}
-        with torch.no_grad():
-            mean, log_std = self.actor(self.encoder(batch, augment=False))
-            if deterministic:
-                action = TanhGaussianActor.deterministic(mean)
-            else:
-                action = TanhGaussianActor.sample(mean, log_std, 1, self.generator)[0][0]
+        action = policy_actions(self.encoder, self.actor, batch, deterministic, self.generator)
         return action[0].numpy().astype(np.float32)
 
 
