@@ -1,8 +1,9 @@
 """CalQLAgent: Cal-QL, CQL and SAC-with-offline-data as variants of one update (see docs/agent.md).
 
 ``update(batch)`` reads top to bottom: encode, actor and temperature losses, TD target, one batched critic forward
-over every action set, CQL penalty (with the Cal-QL bound), one backward pass for all losses, optimizer steps,
-Polyak update. Every loss only reaches its own parameters (the others are detached), so one backward is exact.
+over every action set, CQL penalty (with the Cal-QL bound), one backward pass for all losses, the optional
+gradient sync (several processes), optimizer steps, Polyak update. Every loss only reaches its own parameters (the
+others are detached), so one backward is exact.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,10 @@ class CalQLAgent:
         self._target_params = list(self.critic_target.parameters())
         self._loss_fn = self.compute_losses  # replaced by a compiled version in enable_compile
         self.compiled = False
+        # Every optimised tensor, in optimizer order; ``grad_sync(params)``, when set, runs between the backward pass
+        # and the optimizer steps (several torchrun processes: averages each .grad over them, training/distributed.py).
+        self._trained_params = [p for opt in self.optimizers.values() for g in opt.param_groups for p in g["params"]]
+        self.grad_sync: Callable[[list[torch.Tensor]], None] | None = None
 
     # ------------------------------------------------------------------ training
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
@@ -99,6 +104,8 @@ class CalQLAgent:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         total_loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self._trained_params)
         for optimizer in self.optimizers.values():
             optimizer.step()
         with torch.no_grad():

@@ -101,14 +101,16 @@ def prefetch_wanted(setting: Any, lazy: bool) -> bool:
     return lazy if text == "auto" else text == "true"
 
 
-def training_batches(cfg: Any, sampler: Any, device: Any) -> BatchPrefetcher | SequentialBatches:
-    """Batches of ``cfg.pretrain.batch_size`` from ``sampler`` (a MixedSampler) as torch tensors on ``device``,
-    drawn one ahead in a worker thread when :func:`prefetch_wanted` says so."""
+def training_batches(cfg: Any, sampler: Any, device: Any,
+                     batch_size: int | None = None) -> BatchPrefetcher | SequentialBatches:
+    """Batches of ``batch_size`` rows (default ``cfg.pretrain.batch_size``; one rank's shard of it under torchrun)
+    from ``sampler`` (a MixedSampler) as torch tensors on ``device``, drawn one ahead in a worker thread when
+    :func:`prefetch_wanted` says so."""
     from omegaconf import OmegaConf
 
     from calql_robot.training.replay import batch_to_torch
 
-    batch_size = int(cfg.pretrain.batch_size)
+    batch_size = int(cfg.pretrain.batch_size) if batch_size is None else int(batch_size)
     make = lambda: batch_to_torch(sampler.sample(batch_size), device)
     state = lambda: copy.deepcopy(sampler.rng.bit_generator.state)
     lazy = bool(OmegaConf.select(cfg, "data.lazy", default=False))
