@@ -75,11 +75,12 @@ class LazyArray:
     """
 
     def __init__(self, array: zarr.Array, name: str, n_rows: int, cache: ChunkCache,
-                 store_path: str | Path | None = None) -> None:
+                 store_path: Any = None) -> None:
         self._array = array
         self.name = name
+        # the store root for messages and chunk paths: a Path, or a RemotePath (a store at a URL) kept as it is
         root = store_path if store_path is not None else getattr(array.store_path.store, "root", ".")
-        self._store = Path(str(root))
+        self._store: Any = Path(root) if isinstance(root, str) else root
         self._n_rows = int(n_rows)
         self._cache = cache
         self.chunk_len = int(array.chunks[0])

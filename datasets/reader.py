@@ -38,11 +38,15 @@ class ZarrDataset:
     ``lazy=False`` loads every array into RAM as numpy. ``lazy=True`` keeps :class:`LazyArray` views that read whole
     time-chunks on demand through one LRU cache of at most ``cache_bytes``; the finite check then streams the low-dim
     arrays chunk by chunk once at open (images are uint8 and cannot hold NaN, so they are not read at open).
+
+    ``path`` may be a URL (``s3://bucket/store.zarr``, any fsspec URL; ``storage_options`` go to its backend): the
+    store is then read-only, :attr:`path` is a :class:`~calql_robot.datasets.remote_store.RemotePath` whose ``str``
+    is the URL, the checks and messages are those of a local store, and :meth:`transfer` counts what was fetched.
     """
 
     def __init__(self, path: str | Path, lazy: bool = False, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 verify: bool = False) -> None:
-        self._layout = open_store_layout(path, mode="r")
+                 verify: bool = False, storage_options: dict[str, Any] | None = None) -> None:
+        self._layout = open_store_layout(path, mode="r", storage_options=storage_options)
         self.path = self._layout.path
         self.lazy = bool(lazy)
         self.cache = ChunkCache(cache_bytes) if self.lazy else None
@@ -129,7 +133,8 @@ class ZarrDataset:
     # ----------------------------------------------------------------------------------------------- data
     def arrays(self) -> dict[str, Any]:
         """``{"obs": {key: (T, ...)}, "final_obs": {key: (E, ...)}, "action": (T, A), "reward": (T,),
-        "terminal": (T,), "truncated": (T,)}`` as numpy arrays (eager) or LazyArray (lazy); do not modify them."""
+        "terminal": (T,), "truncated": (T,)}`` as numpy arrays (eager) or LazyArray (lazy); do not modify them. A store
+        with the ``data/intervention`` extension also gives ``"intervention": (T,)`` bool."""
         return {
             "obs": {key: self._data[obs_array_name(key)] for key in self.obs_spec},
             "final_obs": {key: self._data[final_obs_array_name(key)] for key in self.obs_spec},
@@ -137,11 +142,13 @@ class ZarrDataset:
             "reward": self._data["data/reward"],
             "terminal": self._data["data/terminal"],
             "truncated": self._data["data/truncated"],
+            **({"intervention": self._data["data/intervention"]} if "data/intervention" in self._data else {}),
         }
 
     def episode(self, index: int) -> dict[str, Any]:
         """Episode ``index`` as numpy: ``{"obs": {key: (N+1, ...)}, "action": (N, A), "reward": (N,),
-        "terminal": (N,), "truncated": (N,)}`` (the last observation row is the episode's final_obs)."""
+        "terminal": (N,), "truncated": (N,)}`` (the last observation row is the episode's final_obs), plus
+        ``"intervention": (N,)`` when the store has that extension."""
         n_eps = self.n_episodes
         if not -n_eps <= index < n_eps:
             raise IndexError(f"episode {index} out of range: {self.path} has {n_eps} episodes")
@@ -154,8 +161,9 @@ class ZarrDataset:
             for key in self.obs_spec
         }
         out: dict[str, Any] = {"obs": obs}
-        for short in ("action", "reward", "terminal", "truncated"):
-            out[short] = np.array(self._data[f"data/{short}"][start:end])
+        for short in ("action", "reward", "terminal", "truncated", "intervention"):
+            if f"data/{short}" in self._data:
+                out[short] = np.array(self._data[f"data/{short}"][start:end])
         return out
 
     def _rewards(self) -> np.ndarray:
@@ -178,8 +186,13 @@ class ZarrDataset:
         best = np.maximum.reduceat(self._rewards(), self.episode_starts)
         return best >= np.float32(self.reward_success)
 
+    def transfer(self) -> dict[str, int] | None:
+        """``{"requests", "bytes_read"}`` fetched from a store at a URL since it was opened; None for a local store."""
+        remote = self._layout.remote
+        return None if remote is None else {"requests": remote.requests, "bytes_read": remote.bytes_read}
+
     def size_on_disk_bytes(self) -> int:
-        """Bytes of all files in the store directory."""
+        """Bytes of all files in the store directory (for a URL: of all objects under it, from its listing)."""
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
     def size_in_ram_bytes(self) -> int:

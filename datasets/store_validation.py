@@ -21,7 +21,15 @@ import zarr
 from calql_robot.datasets import integrity
 from calql_robot.datasets.action_scaling import ActionScaling
 from calql_robot.datasets.integrity import ChunkRecord
-from calql_robot.datasets.spec import FORMAT_NAME, KIND_LOW_DIM, STEP_ARRAYS, SUPPORTED_VERSIONS, validate_obs_spec
+from calql_robot.datasets.remote_store import CountingStore, RemotePath, is_url, local_path_text, open_remote
+from calql_robot.datasets.spec import (
+    FORMAT_NAME,
+    KIND_LOW_DIM,
+    OPTIONAL_STEP_ARRAYS,
+    STEP_ARRAYS,
+    SUPPORTED_VERSIONS,
+    validate_obs_spec,
+)
 from calql_robot.errors import UserError
 
 #: how far an action may lie outside the store's bounds (rounding of float32 actions): this fraction of the range,
@@ -39,7 +47,7 @@ class StoreLayout:
     which may hold extra rows past the committed ones (an interrupted write).
     """
 
-    path: Path
+    path: Path | RemotePath  # str() of a RemotePath is the store's URL
     group: zarr.Group
     attrs: dict[str, Any]
     obs_spec: dict[str, dict[str, Any]]
@@ -49,6 +57,8 @@ class StoreLayout:
     action_high: np.ndarray
     #: per array name: its integrity record, or None for an array written before the records existed
     records: dict[str, list[ChunkRecord] | None]
+    #: the zarr store of a store at a URL (its requests / bytes read), None for a local store
+    remote: CountingStore | None = None
 
     @property
     def n_episodes(self) -> int:
@@ -67,14 +77,17 @@ def final_obs_array_name(key: str) -> str:
     return f"data/final_obs/{key}"
 
 
-def open_group_checked(path: Path, mode: str) -> zarr.Group:
-    """Open the zarr group at ``path`` (mode "r" or "r+"), or raise UserError if there is none."""
+def open_group_checked(path: Path | RemotePath, mode: str, store: CountingStore | None = None) -> zarr.Group:
+    """Open the zarr group at ``path`` (mode "r" or "r+"), or raise UserError if there is none; ``store``: the zarr
+    store of a :class:`RemotePath`."""
     if not path.exists():
         raise UserError(f"dataset {path}: no such file or directory; expected a zarr dataset store (a directory)")
     if not path.is_dir() or not (path / "zarr.json").is_file():
         raise UserError(f"dataset {path}: not a zarr v3 store (expected a directory with zarr.json at its root)")
     try:
-        group = zarr.open_group(str(path), mode=mode)
+        # a store at a URL: zarr_format=3 saves the requests probing for zarr v2 metadata (zarr.json was found)
+        group = (zarr.open_group(store, mode=mode, zarr_format=3) if store is not None
+                 else zarr.open_group(str(path), mode=mode))
         dict(group.attrs)
     except Exception as err:  # zarr raises several types for corrupt metadata
         raise UserError(f"dataset {path}: cannot be opened as a zarr group ({type(err).__name__}: {err})") from None
@@ -198,10 +211,22 @@ def _committed_episode_ends(path: Path, ends_arr: zarr.Array, records: list[Chun
     return ends
 
 
-def open_store_layout(path: str | Path, mode: str = "r") -> StoreLayout:
-    """Open and structurally validate the store at ``path``; see the module docstring for what is checked."""
-    path = Path(path).expanduser()
-    group = open_group_checked(path, mode)
+def open_store_layout(path: str | Path, mode: str = "r",
+                      storage_options: dict[str, Any] | None = None) -> StoreLayout:
+    """Open and structurally validate the store at ``path``; see the module docstring for what is checked.
+
+    ``path`` may be a URL (``s3://bucket/store.zarr``, any fsspec URL; ``storage_options`` go to its backend, see
+    :mod:`~calql_robot.datasets.remote_store`): such a store is opened read-only, so ``mode="r+"`` is refused.
+    """
+    remote: CountingStore | None = None
+    if is_url(path):
+        if mode != "r":
+            raise UserError(f"dataset {path}: a store at a URL is read-only here; appending to it or writing it is "
+                            "not supported (write a local store, then upload it)")
+        path, remote = open_remote(str(path), storage_options)
+    else:
+        path = Path(local_path_text(path)).expanduser()
+    group = open_group_checked(path, mode, remote)
     attrs = dict(group.attrs)
     obs_spec, low, high = _check_attrs(path, attrs)
     with_records = "integrity" in attrs
@@ -223,6 +248,11 @@ def open_store_layout(path: str | Path, mode: str = "r") -> StoreLayout:
         name = f"data/{short}"
         arrays[name] = _get_array(path, group, name)
         _expect(path, name, arrays[name], dtype, (len(low),) if short == "action" else ())
+    for short, dtype in OPTIONAL_STEP_ARRAYS.items():  # extensions: checked like the others when present
+        name = f"data/{short}"
+        if name in group:
+            arrays[name] = _get_array(path, group, name)
+            _expect(path, name, arrays[name], dtype, ())
     n_rows = int(episode_ends[-1]) if len(episode_ends) else 0
     for name, arr in arrays.items():
         needed = len(episode_ends) if name.startswith("data/final_obs/") else n_rows
@@ -238,7 +268,7 @@ def open_store_layout(path: str | Path, mode: str = "r") -> StoreLayout:
             integrity.check_covered(path, name, records[name], needed)
         integrity.check_presence(path, name, arr, needed, records[name])
     arrays["meta/episode_ends"] = ends_arr
-    return StoreLayout(path, group, attrs, obs_spec, episode_ends, arrays, low, high, records)
+    return StoreLayout(path, group, attrs, obs_spec, episode_ends, arrays, low, high, records, remote)
 
 
 def _records(path: Path, name: str, arr: zarr.Array, with_records: bool) -> list[ChunkRecord] | None:

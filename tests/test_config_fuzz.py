@@ -82,6 +82,7 @@ TRAINING = {
     "eval.every": count(0), "eval.episodes": count(1, 2**31 - 1),
     "eval.video": flag, "eval.video_episodes": count(0, 2**31 - 1), "data.lazy": flag,
     "data.cache_mb": count(1, 2**24), "task.gamma": lambda v: num(v) and 0 <= v <= 1,
+    "data.storage_options": optional(lambda v: isinstance(v, dict)),
 }
 ORACLES: dict[str, dict[str, Callable[[Any], bool]]] = {
     "pretrain": {**TRAINING, "data.prefetch": AUTO_FLAG, "pretrain.steps": count(1),

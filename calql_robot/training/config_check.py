@@ -56,6 +56,8 @@ TRAINING_RULES: dict[str, Rule] = {
     "progress": flag(), "progress_every": whole(minimum=0, optional=True), "eval.every": whole(minimum=0),
     **EVAL_RULES, "data.lazy": flag(),
     "data.cache_mb": whole(minimum=1, maximum=2**24),
+    "data.storage_options": Rule("null or a mapping of fsspec storage options such as {endpoint_url: "
+                                 "'http://HOST:9000'}", lambda v: v is None or isinstance(v, Mapping), optional=True),
 }
 
 PRETRAIN_RULES: dict[str, Rule] = {

@@ -116,19 +116,46 @@ def run_dir_path(cfg: DictConfig) -> Path:
     return Path(str(cfg.run_dir)).expanduser().resolve()
 
 
-def dataset_path(cfg: DictConfig) -> Path:
-    """The offline dataset of a run: ``dataset=PATH`` if given, else the task's default ``task.dataset.path``."""
+def dataset_location(value: Any) -> Path | str:
+    """A dataset location as given: a URL (``s3://bucket/store.zarr``, any fsspec URL) stays a str, anything else
+    is a local Path (``~`` expanded, a ``file://`` scheme dropped)."""
+    from calql_robot.datasets.remote_store import is_url, local_path_text
+
+    return str(value) if is_url(value) else Path(local_path_text(value)).expanduser()
+
+
+def dataset_label(location: Path | str) -> str:
+    """How a checkpoint records its dataset: the URL, or the absolute local path."""
+    return location if isinstance(location, str) else str(location.resolve())
+
+
+def storage_options(cfg: DictConfig) -> dict[str, Any]:
+    """``data.storage_options``: the fsspec options for a dataset at a URL ({} when not set)."""
+    opts = OmegaConf.select(cfg, "data.storage_options", default=None)
+    return dict(OmegaConf.to_container(opts, resolve=True)) if isinstance(opts, DictConfig) else dict(opts or {})
+
+
+def dataset_path(cfg: DictConfig) -> Path | str:
+    """The offline dataset of a run: ``dataset=PATH`` if given, else the task's default ``task.dataset.path``;
+    a URL is returned as a str (see :func:`dataset_location`)."""
     path = cfg.get("dataset") or OmegaConf.select(cfg, "task.dataset.path")
     if not path:
         raise UserError(f"task '{cfg.task.name}' names no default dataset; pass dataset=PATH to a zarr store")
-    return Path(str(path)).expanduser()
+    return dataset_location(path)
 
 
-def ensure_dataset(cfg: DictConfig) -> Path:
-    """Return the dataset path, creating the task's default dataset first when it is missing."""
+def ensure_dataset(cfg: DictConfig) -> Path | str:
+    """Return the dataset path, creating the task's default dataset first when it is missing (never for a URL:
+    a store at a URL is only read)."""
+    from calql_robot.datasets import remote_store
     from calql_robot.envs import generate_task_dataset
 
     path = dataset_path(cfg)
+    if isinstance(path, str):
+        if not remote_store.exists(path, storage_options(cfg)):
+            raise UserError(f"dataset '{path}' does not exist; expected a zarr store written by collect or convert "
+                            "(and uploaded there)")
+        return path
     if path.exists():
         return path
     if cfg.get("dataset"):
@@ -154,7 +181,7 @@ def agent_config(cfg: DictConfig) -> DictConfig:
     return agent_cfg
 
 
-def check_obs_spec(dataset_spec: dict[str, Any], env_spec: dict[str, Any], dataset: Path, task: str) -> None:
+def check_obs_spec(dataset_spec: dict[str, Any], env_spec: dict[str, Any], dataset: Path | str, task: str) -> None:
     """The dataset must hold the keys, shapes and dtypes the task's environment produces."""
     for key, spec in env_spec.items():
         have = dataset_spec.get(key)
