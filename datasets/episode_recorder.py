@@ -17,7 +17,8 @@ class EpisodeRecorder:
     """Accumulates one episode; :meth:`finish` returns it as arrays.
 
     Output keys: ``observations`` {key: (N+1, ...)}, ``actions`` (N, A) float32, ``rewards`` (N,) float32,
-    ``terminals`` (N,) bool, ``truncations`` (N,) bool, and ``success`` (bool: any step reported success).
+    ``terminals`` (N,) bool, ``truncations`` (N,) bool, ``interventions`` (N,) bool (the step's action came from a
+    person or scripted intervener, not the policy), and ``success`` (bool: any step reported success).
     Float64 observations are stored as float32 (the dataset format's low-dim dtype).
     """
 
@@ -27,6 +28,7 @@ class EpisodeRecorder:
         self.rewards: list[float] = []
         self.terminals: list[bool] = []
         self.truncations: list[bool] = []
+        self.interventions: list[bool] = []
         self.success = False
 
     def start(self, obs: Mapping[str, np.ndarray]) -> None:
@@ -35,13 +37,15 @@ class EpisodeRecorder:
         self.obs.append({k: np.array(v) for k, v in obs.items()})
 
     def step(self, next_obs: Mapping[str, np.ndarray], action: np.ndarray, reward: float, terminated: bool,
-             truncated: bool, success: bool = False) -> None:
-        """Record one transition: the action taken, what it led to, and whether the step succeeded."""
+             truncated: bool, success: bool = False, intervention: bool = False) -> None:
+        """Record one transition: the action taken, what it led to, whether the step succeeded and whether a person
+        (not the policy) chose the action."""
         self.obs.append({k: np.array(v) for k, v in next_obs.items()})
         self.actions.append(np.asarray(action, dtype=np.float32))
         self.rewards.append(float(reward))
         self.terminals.append(bool(terminated))
         self.truncations.append(bool(truncated))
+        self.interventions.append(bool(intervention))
         self.success = self.success or bool(success)
 
     def __len__(self) -> int:
@@ -65,10 +69,15 @@ class EpisodeRecorder:
             "rewards": np.asarray(self.rewards, dtype=np.float32),
             "terminals": np.asarray(self.terminals, dtype=bool),
             "truncations": np.asarray(truncations, dtype=bool),
+            "interventions": np.asarray(self.interventions, dtype=bool),
             "success": bool(self.success),
         }
 
 
 def writer_fields(episode: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``DatasetWriter.add_episode`` from a finished episode."""
-    return {k: episode[k] for k in ("observations", "actions", "rewards", "terminals", "truncations")}
+    """The keyword arguments of ``DatasetWriter.add_episode`` from a finished episode (``interventions`` when the
+    episode records them)."""
+    fields = {k: episode[k] for k in ("observations", "actions", "rewards", "terminals", "truncations")}
+    if episode.get("interventions") is not None:
+        fields["interventions"] = episode["interventions"]
+    return fields

@@ -30,6 +30,9 @@ EPISODE_CHUNK_LEN = 1024
 
 #: per-step arrays under ``data/`` besides observations: name -> (dtype, trailing shape is (A,) for action only)
 STEP_ARRAYS = {"action": "float32", "reward": "float32", "terminal": "bool", "truncated": "bool"}
+#: optional per-step arrays (documented extensions of the format): present in a store only when it was created with
+#: them. ``intervention``: the step's action came from a person (or scripted intervener) taking over, not the policy.
+OPTIONAL_STEP_ARRAYS = {"intervention": "bool"}
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 

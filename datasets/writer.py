@@ -29,6 +29,7 @@ from calql_robot.datasets.spec import (
     IMAGE_CHUNK_LEN,
     KIND_RGB,
     LOW_DIM_CHUNK_LEN,
+    OPTIONAL_STEP_ARRAYS,
     STEP_ARRAYS,
     image_compressor,
     low_dim_compressor,
@@ -96,11 +97,13 @@ class DatasetWriter:
         source: dict[str, Any] | None = None,
         overwrite: bool = False,
         action_scaling: dict[str, Any] | None = None,
+        step_extensions: tuple[str, ...] = (),
     ) -> DatasetWriter:
         """Create an empty store at ``path``; ``action_low``/``action_high`` are (A,) bounds of the action space.
 
         An existing ``path`` raises UserError unless ``overwrite`` (then it is deleted first). ``action_scaling``
         (:meth:`ActionScaling.to_json`, bounds -1 / +1 then) is stored as the attribute of that name.
+        ``step_extensions`` names optional per-step arrays to create (``OPTIONAL_STEP_ARRAYS``: ``"intervention"``).
         """
         path = Path(path).expanduser()
         where = f"DatasetWriter.create({path})"
@@ -123,6 +126,10 @@ class DatasetWriter:
             json.dumps(source)
         except (TypeError, ValueError) as err:
             raise UserError(f"{where}: source must be JSON-serialisable provenance ({err})") from None
+        unknown = sorted(set(step_extensions) - set(OPTIONAL_STEP_ARRAYS))
+        if unknown:
+            raise UserError(f"{where}: unknown step_extensions {unknown}; expected some of "
+                            f"{sorted(OPTIONAL_STEP_ARRAYS)}")
         if action_scaling is not None:
             ActionScaling.from_store_attrs({ATTR: action_scaling, "action_low": low, "action_high": high}, where)
         if path.exists() or path.is_symlink():
@@ -145,6 +152,8 @@ class DatasetWriter:
         for short, dtype in STEP_ARRAYS.items():
             trailing = (low.size,) if short == "action" else ()
             _create_array(group, f"data/{short}", trailing, dtype, LOW_DIM_CHUNK_LEN)
+        for short in step_extensions:
+            _create_array(group, f"data/{short}", (), OPTIONAL_STEP_ARRAYS[short], LOW_DIM_CHUNK_LEN)
         _create_array(group, "meta/episode_ends", (), "int64", EPISODE_CHUNK_LEN)
         group.attrs.update(
             {
@@ -198,8 +207,14 @@ class DatasetWriter:
         return self._n_transitions
 
     # ----------------------------------------------------------------------------------------------- writing
+    @property
+    def step_extensions(self) -> tuple[str, ...]:
+        """The optional per-step arrays this store holds (e.g. ``("intervention",)``)."""
+        return tuple(short for short in OPTIONAL_STEP_ARRAYS if f"data/{short}" in self._arrays)
+
     def _validate_episode(
-        self, observations: Any, actions: Any, rewards: Any, terminals: Any, truncations: Any
+        self, observations: Any, actions: Any, rewards: Any, terminals: Any, truncations: Any,
+        interventions: Any = None,
     ) -> dict[str, np.ndarray]:
         """Check one episode and return {array name: values} ready to write (observations split N + final)."""
         where = f"dataset {self.path}: episode {self._n_episodes}"
@@ -226,6 +241,12 @@ class DatasetWriter:
             "data/terminal": _as_flags(terminals, "terminals", n_steps, where),
             "data/truncated": _as_flags(truncations, "truncations", n_steps, where),
         }
+        if "intervention" in self.step_extensions:
+            flags = np.zeros(n_steps, bool) if interventions is None else interventions
+            out["data/intervention"] = _as_flags(flags, "interventions", n_steps, where)
+        elif interventions is not None and np.asarray(interventions).astype(bool).any():
+            raise UserError(f"{where}: the episode has intervention steps but the store has no data/intervention "
+                            "array (it was created without step_extensions=('intervention',)); they would be lost")
         if not isinstance(observations, dict) or set(observations) != set(self.obs_spec):
             got = sorted(observations) if isinstance(observations, dict) else type(observations).__name__
             raise UserError(f"{where}: observations must have exactly the keys {sorted(self.obs_spec)}, got {got}")
@@ -268,17 +289,18 @@ class DatasetWriter:
         self._digests[name].save()
 
     def add_episode(
-        self, observations: dict[str, Any], actions: Any, rewards: Any, terminals: Any, truncations: Any
+        self, observations: dict[str, Any], actions: Any, rewards: Any, terminals: Any, truncations: Any,
+        interventions: Any = None,
     ) -> int:
         """Validate and append one episode; returns its index.
 
         ``observations[key]`` is (N+1, *shape) (the last row becomes ``data/final_obs/<key>``); ``actions`` (N, A);
-        ``rewards``, ``terminals``, ``truncations`` (N,). Raises UserError naming the key on bad input; nothing is
-        written then.
+        ``rewards``, ``terminals``, ``truncations`` (N,); ``interventions`` (N,) bool or None (all False) for a store
+        with ``data/intervention``. Raises UserError naming the key on bad input; nothing is written then.
         """
         if self._closed:
             raise RuntimeError(f"DatasetWriter for {self.path} is closed")
-        values = self._validate_episode(observations, actions, rewards, terminals, truncations)
+        values = self._validate_episode(observations, actions, rewards, terminals, truncations, interventions)
         start, n_steps = self._n_transitions, len(values["data/action"])
         end = start + n_steps
         for name, rows in values.items():

@@ -82,6 +82,33 @@ def test_deploy_sim_stores_episodes_and_learns(checkpoint, tmp_path):
     assert "videos/  episode_000000001.mp4" in out
 
 
+def test_deploy_with_the_scripted_intervener_stores_flagged_steps(checkpoint, tmp_path):
+    run_dir = tmp_path / "hil"
+    out = run("deploy", *deploy_args(checkpoint, run_dir, 2), "deploy.intervention.kind=scripted",
+              "deploy.intervention.scripted.takeover_after_steps=4", "deploy.intervention.episodes=1",
+              "deploy.intervention.demo_buffer=true", "deploy.learner_catch_up=true", "deploy.viewer=rerun",
+              f"deploy.viewer_save={tmp_path / 'live.rrd'}")
+    assert "interventions: scripted may take over in the first 1 episodes" in out
+    store = ZarrDataset(run_dir / "online.zarr", verify=True)
+    first, second = store.episode(0)["intervention"], store.episode(1)["intervention"]
+    assert not first[:4].any() and first[4:].all()  # the cube is not lifted by step 4: the controller takes over
+    assert not second.any()  # only the first episode may be taken over
+    with (run_dir / "episode.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["intervention_steps"]) == len(first) - 4 and float(rows[1]["intervention_steps"]) == 0
+    assert float(rows[1]["learner_updates"]) >= len(first)  # learner_catch_up: max_utd=1 update per transition
+    assert rows[1]["success_rate_without_intervention"] in ("0.0", "1.0")
+    # the live view's recording, read back with rerun's own reader: the flags and Q against the return per step
+    from rerun.dataframe import load_recording
+
+    recording = load_recording(str(tmp_path / "live.rrd"))
+    table = recording.view(index="env_step", contents="/intervention").select().read_all()
+    logged = [v[0] for v in table.column("/intervention:Scalar").to_pylist()]
+    assert logged == [float(f) for f in np.concatenate([first, second])]
+    q = recording.view(index="env_step", contents="/episode/q_executed").select().read_all()
+    assert q.num_rows == len(first) + len(second)
+
+
 def test_deploy_survives_sigkill(checkpoint, tmp_path):
     run_dir = tmp_path / "killed"
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from calql_robot.deployment.interventions import add_demo_steps
 from calql_robot.training.replay import MixedSampler, ReplayBuffer, batch_to_torch
 
 
@@ -59,12 +60,13 @@ class BackgroundLearner:
     loads the newest published copy into the actor's snapshot without taking any lock the learner holds.
     ``max_utd`` caps gradient updates per online transition (None: as fast as it can); no update runs before
     ``min_online`` online transitions exist, so the pre-trained policy is unchanged until real data arrives.
+    ``demo_buffer`` (the offline buffer, or None) also receives each episode's intervention steps.
     """
 
     def __init__(self, agent: Any, offline: ReplayBuffer | None, online: ReplayBuffer, mixing_ratio: float,
                  batch_size: int, device: torch.device, max_utd: float | None = 1.0, min_online: int = 1,
-                 seed: int = 0, publish_every_s: float = 1.0):
-        self.agent, self.online, self.device = agent, online, device
+                 seed: int = 0, publish_every_s: float = 1.0, demo_buffer: ReplayBuffer | None = None):
+        self.agent, self.online, self.device, self.demo_buffer = agent, online, device, demo_buffer
         self.sampler = MixedSampler(offline, online, mixing_ratio, seed=seed)
         self.batch_size, self.max_utd, self.min_online = batch_size, max_utd, min_online
         self.publish_every_s = publish_every_s
@@ -72,6 +74,7 @@ class BackgroundLearner:
         self.metrics: dict[str, float] = {}
         self.error: BaseException | None = None
         self._incoming: queue.Queue = queue.Queue()
+        self.queued = self.added = 0  # episodes given to add_episode / already in the buffers
         self._published: tuple[int, dict[str, dict[str, torch.Tensor]]] = (0, policy_weights(agent))
         self._update_lock = threading.Lock()  # held during each update; checkpoints take it between updates
         self._stop = threading.Event()
@@ -96,6 +99,7 @@ class BackgroundLearner:
 
     def add_episode(self, episode: Mapping[str, Any]) -> None:
         """Queue a finished episode (an EpisodeRecorder.finish() dict) for the online buffer."""
+        self.queued += 1
         self._incoming.put(episode)
 
     def sync(self, policy: PolicySnapshot) -> bool:
@@ -109,6 +113,12 @@ class BackgroundLearner:
     def publish(self) -> None:
         self._published = (self.updates, policy_weights(self.agent))
 
+    def wait_caught_up(self, poll_s: float = 0.01) -> None:
+        """Block until every queued episode is in the buffer and ``max_utd`` updates per online transition are
+        done (``deploy.learner_catch_up``: the same update-to-data ratio however fast the robot or CPU is)."""
+        while self._thread.is_alive() and self.error is None and (self.added < self.queued or self._may_update()):
+            time.sleep(poll_s)
+
     def _drain(self) -> None:
         while True:
             try:
@@ -116,6 +126,9 @@ class BackgroundLearner:
             except queue.Empty:
                 return
             self.online.add_episode(ep["observations"], ep["actions"], ep["rewards"], ep["terminals"])
+            if self.demo_buffer is not None:  # a person's steps also join the demonstration side (HIL-SERL)
+                add_demo_steps(self.demo_buffer, ep)
+            self.added += 1
 
     def _may_update(self) -> bool:
         n_online = len(self.online)

@@ -19,8 +19,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from calql_robot.datasets.action_scaling import ActionScaling, env_action_fn
+from calql_robot.deployment.interventions import InterventionStats, build_device, demo_buffer_target
 from calql_robot.deployment.learner import BackgroundLearner, PolicySnapshot
 from calql_robot.deployment.reward_source import ClassifierReward, env_reward_source
+from calql_robot.deployment.viewer import NullViewer, episode_q_values, episode_returns, make_viewer
 from calql_robot.errors import UserError
 from calql_robot.progress import Progress
 from calql_robot.training import session
@@ -84,17 +86,20 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise UserError("deploy needs checkpoint=PATH (a pretrain or finetune run directory) for its first run")
     cfg, own_ckpt, tensors, state = session.load_start_checkpoint(cfg, run_dir, cfg.get("checkpoint"))
     device = session.setup_torch(cfg)
-    classifier_reward = ClassifierReward.from_cfg(cfg, device)  # None unless deploy.reward_source=classifier
+    classifier_reward = ClassifierReward.from_cfg(cfg, device)  # None unless reward_source=classifier(_human)
     env = _make_env(cfg)
+    env.intervention = build_device(cfg, env)  # the policy acts alone with kind=none
     obs_spec, action_dim = dict(env.obs_spec), int(env.action_space.shape[0])
     if classifier_reward is not None:
         classifier_reward.check_obs_spec(obs_spec, str(OmegaConf.select(cfg, "robot.name", default="?")))
         print(classifier_reward.describe())
+        classifier_reward.attach(env)  # classifier_human: the confirmation wait reads the env's events
     dataset = cfg.dataset or state.get("dataset")
     offline = None
     if dataset and float(dcfg.mixing_ratio) != 0:
-        offline = load_offline_buffer(cfg, Path(dataset), obs_spec)[1]
+        offline = load_offline_buffer(cfg, session.dataset_location(dataset), obs_spec)[1]
     online = ReplayBuffer(obs_spec, action_dim, RewardTransform.from_task(cfg.task))
+    demo = demo_buffer_target(cfg, offline)  # the offline buffer when intervention steps also go there
     scaling = ActionScaling.from_checkpoint_state(state, "the deployed checkpoint")  # policy units <-> robot units
     if scaling is not None:
         scaling.check_dim(action_dim, f"robot '{OmegaConf.select(cfg, 'robot.name', default='?')}'")
@@ -104,19 +109,28 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     session.restore_agent(agent, tensors, state)
     learner = BackgroundLearner(agent, offline, online, float(dcfg.mixing_ratio), int(dcfg.batch_size), device,
                                 max_utd=dcfg.max_utd, min_online=int(dcfg.min_online), seed=int(cfg.seed),
-                                publish_every_s=float(dcfg.sync_every_s))
+                                publish_every_s=float(dcfg.sync_every_s), demo_buffer=demo)
+    catch_up = bool(dcfg.get("learner_catch_up", False))
+    if catch_up and dcfg.max_utd is None:
+        raise UserError("deploy.learner_catch_up=true waits for deploy.max_utd updates per online transition at "
+                        "each reset; set deploy.max_utd to a number (it is null)")
+    stats = InterventionStats()
     counters = {"episodes": 0, "env_steps": 0, "successes": 0, "overruns": 0, "safety_events": 0}
     if own_ckpt is not None:
         restore_rng_state(tensors, state["rng"])
         learner.sampler.rng.bit_generator.state = state["sampler_rng"]
         learner.updates = int(state["counters"].get("updates", 0))
         counters.update({k: v for k, v in state["counters"].items() if k in counters})
+        stats.restore(state.get("interventions"))
         print(f"resuming deployment from {own_ckpt} at episode {counters['episodes']}")
+    viewer = make_viewer(str(dcfg.get("viewer", "none")), dcfg.get("viewer_save"))  # refused before the run dir
     prepare_run_dir(cfg)  # with the agent actually used; checkpoint, robot and data were checked before it is made
     store = OnlineStore(run_dir / "online.zarr", obs_spec, env.action_space, cfg.task, source_kind="deploy",
-                        action_scaling=None if scaling is None else scaling.to_json())
+                        action_scaling=None if scaling is None else scaling.to_json(),
+                        step_extensions=("intervention",))
     at_checkpoint = dict(counters)
-    store.load_into(online, counters)  # episodes stored after the last checkpoint are kept and counted once
+    for late in store.load_into(online, counters, demo):  # episodes stored after the last checkpoint: kept and
+        stats.episode(late)                                 # counted once
     resumed = own_ckpt is not None or counters["episodes"] > 0
     if resumed:
         print(_resume_line(store.path, own_ckpt, cfg.get("checkpoint"), at_checkpoint, counters))
@@ -129,6 +143,7 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                          "agent_meta": session.agent_meta(agent),
                          "action_scaling": None if scaling is None else scaling.to_json(),
                          "sampler_rng": learner.sampler.rng.bit_generator.state,
+                         "interventions": stats.state(),
                          "config": OmegaConf.to_container(cfg, resolve=True)}
             save_checkpoint(run_dir, counters["episodes"], session.checkpoint_tensors(agent), state_out,
                             counter="episode")
@@ -142,11 +157,15 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     recorder = EpisodeRecorder()
     try:
         while counters["episodes"] < int(dcfg.episodes) and not env.aborted:
+            if catch_up:
+                learner.wait_caught_up()
+                learner.publish()
             learner.sync(policy)
             obs, _ = env.reset(seed=int(cfg.seed) + counters["episodes"])
             recorder.start(obs)
             if classifier_reward is not None:
                 classifier_reward.reset()
+            viewer.episode_start(counters["episodes"])
             done, t_start, n_events = False, time.perf_counter(), 0
             while not done:
                 if learner.error is not None:
@@ -159,7 +178,8 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     reward, terminated, truncated, info = classifier_reward.step(obs, reward, terminated, truncated,
                                                                                  info)
                 sent = info["action_sent"] if scaling is None else policy_units(scaling, info["action_sent"])
-                recorder.step(obs, sent, reward, terminated, truncated, bool(info["success"]))
+                recorder.step(obs, sent, reward, terminated, truncated, bool(info["success"]), info["intervention"])
+                viewer.step(len(recorder) - 1, obs, sent, action, info["intervention"], info["safety_events"], reward)
                 n_events += len(info["safety_events"])
                 done = terminated or truncated
             if env.aborted and len(recorder) < int(cfg.task.horizon) and not recorder.terminals[-1]:
@@ -168,6 +188,11 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             episode = recorder.finish()
             store.append(episode)  # the commit point: from here on a crash keeps this episode
             learner.add_episode(episode)
+            if not isinstance(viewer, NullViewer):  # Q of what was done against what it returned, on the timeline
+                with learner.paused():
+                    q_values = episode_q_values(agent, episode, device)
+                viewer.episode_end(counters["episodes"], q_values, episode_returns(episode, online.transform),
+                                   bool(episode["success"]), int(episode["interventions"].sum()))
             counters["episodes"] += 1
             video_every = int(dcfg.get("video_every_episodes", 0))
             if video_every > 0 and (counters["episodes"] == 1 or counters["episodes"] % video_every == 0):
@@ -184,7 +209,7 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "return": float(np.sum(episode["rewards"])), "success": float(episode["success"]),
                 "length": len(episode["actions"]), "success_rate": counters["successes"] / counters["episodes"],
                 "overruns": int(info["overruns"]), "safety_events": n_events, "steps_per_s": steps_per_s,
-                "learner_updates": learner.updates, "policy_version": policy.version,
+                "learner_updates": learner.updates, "policy_version": policy.version, **stats.episode(episode),
                 **(classifier_reward.episode_metrics() if classifier_reward is not None else {})})
             if learner.metrics:
                 logger.log("train", counters["episodes"], learner.metrics)
@@ -195,6 +220,7 @@ def run_deploy(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 save()
     finally:
         learner.stop()
+        viewer.close()
         env.close()
         bar.close()
     save()

@@ -99,6 +99,11 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self._action.size
 
+    @property
+    def is_lazy(self) -> bool:
+        """True for an offline buffer whose frames are read lazily from a store (it takes no new episodes)."""
+        return self._external is not None
+
     # ----------------------------------------------------------------------------------------------- filling
     @classmethod
     def from_dataset(cls, dataset: Any, transform: RewardTransform, keys: Any = None) -> ReplayBuffer:
@@ -144,10 +149,13 @@ class ReplayBuffer:
         actions: np.ndarray,
         rewards: np.ndarray,
         terminals: np.ndarray,
+        keep: np.ndarray | None = None,
     ) -> np.ndarray:
         """Append one finished episode: observations {k: (N+1, ...)}, actions (N, A), raw rewards (N,), terminals (N,).
 
-        The episode's Monte-Carlo returns are computed here, as the authors' online sampler does; returns them (N,).
+        The episode's Monte-Carlo returns are computed here over the whole episode, as the authors' online sampler
+        does; returns them (N,). ``keep`` (N,) bool stores only those transitions (e.g. a person's intervention
+        steps for the demonstration side), each still with its next observation and its return.
         """
         if self._external is not None:
             raise RuntimeError("a lazily loaded offline buffer is read-only; append online data to its own buffer")
@@ -159,12 +167,13 @@ class ReplayBuffer:
             reward_scale=self.transform.scale, reward_bias=self.transform.bias,
             sparse_failure_reward=self.transform.transformed_failure,
         )
-        self._frame_idx.extend(base + np.arange(n, dtype=np.int64))
-        self._next_frame_idx.extend(base + 1 + np.arange(n, dtype=np.int64))
-        self._action.extend(np.asarray(actions, dtype=np.float32))
-        self._reward.extend(self.transform(rewards))
-        self._terminal.extend(np.asarray(terminals, dtype=np.float32))
-        self._mc_return.extend(returns.astype(np.float32))
+        rows = np.arange(n) if keep is None else np.flatnonzero(np.asarray(keep, dtype=bool).reshape(n))
+        self._frame_idx.extend(base + rows.astype(np.int64))
+        self._next_frame_idx.extend(base + 1 + rows.astype(np.int64))
+        self._action.extend(np.asarray(actions, dtype=np.float32)[rows])
+        self._reward.extend(self.transform(np.asarray(rewards, dtype=np.float32)[rows]))
+        self._terminal.extend(np.asarray(terminals, dtype=np.float32)[rows])
+        self._mc_return.extend(returns[rows].astype(np.float32))
         self.n_episodes += 1
         return returns
 

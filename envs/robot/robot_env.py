@@ -1,7 +1,8 @@
 """RobotEnv: a gymnasium environment over a (safety-wrapped) RobotInterface, with human-in-the-loop events.
 
-``step(a)``: send the action (the safety layers may change or refuse it), wait for the control rate, read the
-observation, ask the event source for labels / pause / abort / e-stop, compute the reward::
+``step(a)``: ask the intervention device whether a person takes over (then their action replaces ``a``), send the
+action (the safety layers may change or refuse it, a human's as much as the policy's), wait for the control rate,
+read the observation, ask the event source for labels / pause / abort / e-stop, compute the reward::
 
     reward_source = "env":   robot.task_signal().reward (simulation, reward classifier); success from the robot
     reward_source = "human": reward_success on a success label, reward_failure otherwise
@@ -12,7 +13,8 @@ A success label, a failure label or (with ``terminate_on_success``) the robot's 
 horizon, an abort, a latched e-stop, or (with reward_source="env", where labels do not count) a label set
 ``truncated``. ``info`` holds ``success``, ``failure``, ``label``, ``safety_events`` (list of dicts),
 ``env_success`` (the robot's own success, or None), ``overrun_s`` (this step), ``overruns`` (episode total),
-``action_sent``, ``aborted``, ``estop``, ``paused_s``.
+``action_sent``, ``aborted``, ``estop``, ``paused_s``, ``intervention`` (the device chose the action this step) and
+``policy_action`` (what the policy asked for, executed or not).
 ``reset`` returns info with ``aborted``, ``episode`` and the ``safety_events`` recorded between episodes.
 ``env.aborted`` stays true after an abort so a loop can stop.
 """
@@ -29,6 +31,7 @@ import numpy as np
 from calql_robot.envs.robot import human
 from calql_robot.envs.robot.interface import RobotInterface
 from calql_robot.envs.robot.safety import ControlRate, find_estop, make_safe_robot, validate_safety_cfg
+from calql_robot.envs.robot.teleop import InterventionDevice, NoIntervention
 from calql_robot.errors import UserError
 
 REWARD_SOURCES = ("env", "human", "both")
@@ -54,7 +57,7 @@ class RobotEnv(gym.Env):
     def __init__(self, robot: RobotInterface, horizon: int, control_hz: float | None = None,
                  events: human.EventSource | None = None, reward_source: str = "env", reward_success: float = 1.0,
                  reward_failure: float = 0.0, wait_for_reset_done: bool = False, terminate_on_success: bool = True,
-                 reset_timeout_s: float | None = None) -> None:
+                 reset_timeout_s: float | None = None, intervention: InterventionDevice | None = None) -> None:
         if reward_source not in REWARD_SOURCES:
             raise UserError(f"reward_source is {reward_source!r}; expected one of {', '.join(REWARD_SOURCES)}")
         if horizon <= 0:
@@ -63,6 +66,8 @@ class RobotEnv(gym.Env):
         self.horizon = int(horizon)
         self.rate = ControlRate(control_hz)
         self.events = events if events is not None else human.ScriptedEvents([])
+        self.intervention = intervention if intervention is not None else NoIntervention()
+        self._last_obs: dict[str, np.ndarray] = {}
         self.reward_source = reward_source
         self.reward_success, self.reward_failure = float(reward_success), float(reward_failure)
         self.wait_for_reset_done = wait_for_reset_done
@@ -79,6 +84,11 @@ class RobotEnv(gym.Env):
         self._overruns = 0
 
     # -- events -----------------------------------------------------------------------------------------------------
+    def handle_events(self, events: list[human.HumanEvent]) -> str | None:
+        """Apply pause / abort / e-stop events given from outside ``step`` (e.g. while a reward waits for a
+        person's confirmation); returns the last label among them."""
+        return self._handle(events)
+
     def _handle(self, events: list[human.HumanEvent]) -> str | None:
         """Apply pause / abort / e-stop events; return the last label ("success" / "failure") if any."""
         label = None
@@ -139,16 +149,21 @@ class RobotEnv(gym.Env):
             time.sleep(0.02)
         self.rate.reset()
         obs = self.robot.get_observation()
+        self.intervention.start_episode(self.episode, self.robot)
+        self._last_obs = obs
         between += self.robot.drain_safety_events()
         return obs, {"aborted": self.aborted, "episode": self.episode, "safety_events": [e.to_dict() for e in between]}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         estop = find_estop(self.robot)
+        policy_action = np.asarray(action, np.float32)
+        human_action = None if self.aborted else self.intervention.action(self._last_obs, policy_action,
+                                                                          self.step_count)
         if self.aborted:
             sent = self.robot.action_spec.hold.copy()
             self.robot.stop()
         else:
-            sent = self.robot.send_action(np.asarray(action))
+            sent = self.robot.send_action(policy_action if human_action is None else np.asarray(human_action))
         overrun = self.rate.sleep()
         self._overruns += int(overrun > 0)
         obs = self.robot.get_observation()
@@ -159,6 +174,7 @@ class RobotEnv(gym.Env):
             paused_s, late_label = self._wait_while_paused(self.step_count)
             label = late_label or label
             obs = self.robot.get_observation()
+        self._last_obs = obs
         self.step_count += 1
 
         if self.reward_source in ("env", "both") and signal.reward is None:
@@ -184,7 +200,7 @@ class RobotEnv(gym.Env):
                 "env_success": signal.success,
                 "safety_events": [e.to_dict() for e in events], "overrun_s": overrun, "overruns": self._overruns,
                 "action_sent": np.asarray(sent, np.float32), "aborted": self.aborted, "estop": estop_latched,
-                "paused_s": paused_s}
+                "paused_s": paused_s, "intervention": human_action is not None, "policy_action": policy_action}
         return obs, reward, terminated, truncated, info
 
     def close(self) -> None:
@@ -192,6 +208,7 @@ class RobotEnv(gym.Env):
             self.robot.stop()
             self.robot.disconnect()
         self.events.close()
+        self.intervention.close()
 
 
 def build_robot(robot_cfg: Mapping[str, Any], config_key: str = "robot") -> RobotInterface:

@@ -65,6 +65,12 @@ class SimRobot(RobotInterface):
         self._obs = None
 
     @property
+    def sim_env(self) -> Any:
+        """The simulated :class:`PickPlaceEnv` (None before ``connect``): privileged state for scripted controllers
+        and checks (e.g. the scripted intervener), never an observation of the policy."""
+        return self._env
+
+    @property
     def is_connected(self) -> bool:
         return self._env is not None
 

@@ -1,0 +1,122 @@
+"""Does a scripted intervener in the first K deploy episodes help? Two deploy runs on ``robot=sim task=pick_place``
+from the same checkpoint and scene seeds, one with ``deploy.intervention.kind=scripted``, one without.
+
+Runs (or reuses) the two deploys through the real app, then reads their ``episode.csv`` and prints, per block of
+``--block`` episodes: env steps so far, success rate, mean intervention rate; and the success of the policy acting
+alone after episode K. Writes OUT/summary.json and the plot ``--plot`` (success against online env steps, both
+arms). The run in docs/results.md::
+
+    .venv/bin/python bench/intervention_evidence.py --out runs/hil \\
+        --checkpoint runs/readme/pretrain/checkpoints/step_000025000 --episodes 60 --intervene-episodes 20 \\
+        --takeover-after 25 --seed 7000
+
+``--report-only`` reads the existing runs (e.g. the committed docs/runs/hil/*/episode.csv) and runs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ARMS = ("scripted", "none")
+
+
+def deploy_command(args: argparse.Namespace, arm: str) -> list[str]:
+    return [sys.executable, "-m", "calql_robot.deploy", "robot=sim", "task=pick_place",
+            f"checkpoint={args.checkpoint}", f"deploy.episodes={args.episodes}", "deploy.batch_size=64",
+            "deploy.max_utd=1", "deploy.learner_catch_up=true", f"deploy.intervention.kind={arm}",
+            f"deploy.intervention.episodes={args.intervene_episodes}",
+            f"deploy.intervention.scripted.takeover_after_steps={args.takeover_after}",
+            "deploy.video_every_episodes=20", f"seed={args.seed}", f"robot.driver.seed={args.seed}", "threads=1",
+            "progress=false", f"run_dir={Path(args.out) / arm}"]
+
+
+def read_episodes(run_dir: Path) -> dict[str, np.ndarray]:
+    with (run_dir / "episode.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SystemExit(f"{run_dir}/episode.csv has no rows")
+    return {key: np.array([float(r.get(key) or 0.0) for r in rows]) for key in ("success", "length",
+                                                                             "intervention_steps")}
+
+
+def summarize(episodes: dict[str, np.ndarray], k: int, block: int) -> dict[str, object]:
+    steps = np.cumsum(episodes["length"])
+    blocks = []
+    for start in range(0, len(steps), block):
+        part = slice(start, start + block)
+        blocks.append({"episodes": f"{start + 1}-{min(start + block, len(steps))}", "env_steps": int(steps[part][-1]),
+                       "success": float(episodes["success"][part].mean()),
+                       "intervention_rate": float(episodes["intervention_steps"][part].sum()
+                                                  / episodes["length"][part].sum())})
+    alone = episodes["success"][k:]
+    return {"blocks": blocks, "episodes": int(len(steps)), "env_steps": int(steps[-1]),
+            "success_first_k": float(episodes["success"][:k].mean()),
+            "success_after_k": float(alone.mean()) if len(alone) else float("nan"),
+            "successes_after_k": int(alone.sum()), "episodes_after_k": int(len(alone))}
+
+
+def plot(results: dict[str, dict[str, np.ndarray]], k: int, path: Path, window: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, episodes in results.items():
+        steps = np.cumsum(episodes["length"])
+        rolling = np.convolve(episodes["success"], np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], rolling, marker="o", markersize=3,
+                label=f"{'scripted intervener' if arm == 'scripted' else 'no intervention'}")
+        if arm == "scripted" and k < len(steps):
+            ax.axvline(steps[k - 1], color="grey", linestyle="--", label=f"interventions stop (episode {k})")
+    ax.set_xlabel("online env steps")
+    ax.set_ylabel(f"success (mean of the last {window} episodes)")
+    ax.set_title("deploy robot=sim task=pick_place: scripted intervener in the first episodes")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/hil", help="folder of the two run directories (scripted/, none/)")
+    parser.add_argument("--checkpoint", default="runs/readme/pretrain/checkpoints/step_000025000")
+    parser.add_argument("--episodes", type=int, default=60)
+    parser.add_argument("--intervene-episodes", type=int, default=20, help="K: episodes the intervener may act in")
+    parser.add_argument("--takeover-after", type=int, default=25, help="scripted.takeover_after_steps")
+    parser.add_argument("--seed", type=int, default=7000)
+    parser.add_argument("--block", type=int, default=10, help="episodes per row of the table")
+    parser.add_argument("--window", type=int, default=10, help="episodes of the plot's rolling mean")
+    parser.add_argument("--plot", default="docs/intervention_evidence.png")
+    parser.add_argument("--report-only", action="store_true", help="read the existing runs, run nothing")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if not args.report_only:
+        procs = [subprocess.Popen(deploy_command(args, arm)) for arm in ARMS]  # both at once, one thread each
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit("a deploy run failed; see its output above")
+    results = {arm: read_episodes(out / arm) for arm in ARMS}
+    summary = {arm: summarize(eps, args.intervene_episodes, args.block) for arm, eps in results.items()}
+    for arm, s in summary.items():
+        print(f"\n{arm}: {s['episodes']} episodes, {s['env_steps']} env steps; success in episodes 1-"
+              f"{args.intervene_episodes}: {s['success_first_k']:.2f}; policy alone afterwards: "
+              f"{s['successes_after_k']}/{s['episodes_after_k']} = {s['success_after_k']:.2f}")
+        print("| episodes | env steps | success | intervention rate |\n|---|---|---|---|")
+        for b in s["blocks"]:
+            print(f"| {b['episodes']} | {b['env_steps']} | {b['success']:.2f} | {b['intervention_rate']:.2f} |")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(results, args.intervene_episodes, Path(args.plot), args.window)
+    print(f"\nwrote {out / 'summary.json'} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
