@@ -89,7 +89,7 @@ def test_app_writes_every_file_and_separates_the_frames(trained) -> None:
     assert len(metrics["held_out_episodes"]) == 4
     meta = json.loads((out / "classifier.json").read_text())
     assert meta["cameras"] == ["front_rgb"] and meta["obs_spec"] == {"front_rgb": SPEC["front_rgb"]}
-    assert meta["threshold"] == 0.5 and meta["consecutive"] == 2 and meta["metrics"]["precision"] == 1.0
+    assert meta["threshold"] == 0.5 and meta["consecutive"] == 3 and meta["metrics"]["precision"] == 1.0
     rows = (out / "calibration.csv").read_text().splitlines()
     assert rows[0] == "bin_low,bin_high,count,mean_predicted,fraction_positive" and len(rows) == 11
     assert sum(int(row.split(",")[2]) for row in rows[1:]) == metrics["frames"]

@@ -1,12 +1,13 @@
 """``python -m calql_robot.train_reward_classifier``: train a binary success classifier on a store's camera frames.
 
-Steps: check every option; open the store and label its frames (:mod:`calql_robot.training.reward_data`); split
-its episodes into training and held-out ones (seeded, per outcome); train the classifier
-(:mod:`calql_robot.training.reward_model`) with Adam on batches holding ``positive_fraction`` success frames, every
-image random-shifted as the critic's are; score the held-out episodes (:mod:`calql_robot.training.reward_metrics`);
-write the output folder. Everything is checked before anything is written, and the folder is built at a temporary
-sibling and renamed into place when complete, so a refused or failed run leaves nothing (and an existing output
-untouched).
+Steps: check every option; open the store (and the ``extra_datasets``, e.g. policy rollouts whose rewards are the
+simulator's: their failed episodes are the negatives the scripted data lacks) and label their frames
+(:mod:`calql_robot.training.reward_data`); split all their episodes into training and held-out ones (seeded, per
+outcome); train the classifier (:mod:`calql_robot.training.reward_model`) with Adam on batches holding
+``positive_fraction`` success frames, every image random-shifted as the critic's are; score the held-out episodes
+(:mod:`calql_robot.training.reward_metrics`, also per store when there are several); write the output folder.
+Everything is checked before anything is written, and the folder is built at a temporary sibling and renamed into
+place when complete, so a refused or failed run leaves nothing (and an existing output untouched).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from calql_robot.config_rules import (
 )
 from calql_robot.errors import UserError
 from calql_robot.training.config_check import DEVICE, SEED, THREADS
-from calql_robot.training.reward_data import FrameSet, choose_cameras, read_frames, split_episodes
+from calql_robot.training.reward_data import FrameSet, choose_cameras, merge_frames, read_frames, split_episodes
 from calql_robot.training.reward_metrics import held_out_metrics, write_calibration
 from calql_robot.training.reward_model import RewardClassifierNet, save_classifier
 
@@ -50,9 +51,22 @@ OUTPUT_FILES = ("classifier.safetensors", "classifier.json", "metrics.json", "ca
                 "train.csv")
 
 
+def extra_datasets(cfg: DictConfig) -> list[str]:
+    """The ``extra_datasets`` option as a list of paths (null or [] = none)."""
+    extra = plain_value(cfg, "extra_datasets")
+    if extra is None:
+        return []
+    if isinstance(extra, str) or not isinstance(extra, list) or not all(isinstance(p, str) and p.strip()
+                                                                          for p in extra):
+        raise UserError(f"extra_datasets={extra!r} must be null or a list of store paths, e.g. "
+                        "extra_datasets=[runs/deploy/NAME/online.zarr] (a deploy run with deploy.reward_source=env)")
+    return [str(p) for p in extra]
+
+
 def check_config(cfg: DictConfig) -> Path:
     """Every option's type and range, and where the output may go; returns the resolved output path."""
     check_keys(cfg, RULES, WHERE)
+    extras = extra_datasets(cfg)
     cameras = plain_value(cfg, "cameras")
     if cameras is not None and not (isinstance(cameras, str) or isinstance(cameras, list)):
         raise UserError(f"cameras={cameras!r} must be null (every rgb key of the store), a key or a list of keys")
@@ -60,21 +74,34 @@ def check_config(cfg: DictConfig) -> Path:
     if output.exists() and not plain_value(cfg, "overwrite"):
         raise UserError(f"output={cfg.output} already exists ({output}); pass overwrite=true to replace it or choose "
                         "a new folder")
-    store = Path(str(cfg.dataset)).expanduser().resolve()
-    if output == store or store in output.parents or output in store.parents:
-        raise UserError(f"output={cfg.output} ({output}) overlaps dataset={cfg.dataset} ({store}); writing there "
-                        "would change or delete the data; choose an output folder apart from the store")
+    stores = [("dataset", str(cfg.dataset))] + [(f"extra_datasets[{i}]", p) for i, p in enumerate(extras)]
+    for key, raw in stores:
+        store = Path(raw).expanduser().resolve()
+        if output == store or store in output.parents or output in store.parents:
+            raise UserError(f"output={cfg.output} ({output}) overlaps {key}={raw} ({store}); writing there "
+                            "would change or delete the data; choose an output folder apart from the store")
     return output
 
 
-def _open_store(cfg: DictConfig) -> Any:
+def _open_store(raw: str, key: str, cfg: DictConfig) -> Any:
     from calql_robot.datasets.format import ZarrDataset
 
-    store = Path(str(cfg.dataset)).expanduser()
+    store = Path(raw).expanduser()
     if not store.exists():
-        raise UserError(f"dataset={cfg.dataset}: no such store ({store.resolve()}); expected a calql_robot zarr "
+        raise UserError(f"{key}={raw}: no such store ({store.resolve()}); expected a calql_robot zarr "
                         "store, e.g. data/pick_place.zarr (make one with python -m calql_robot.collect)")
     return ZarrDataset(store, lazy=True, cache_bytes=int(cfg.cache_mb) * 1024**2)
+
+
+def _check_cameras(dataset: Any, key: str, spec: dict[str, Any]) -> None:
+    """Refuse an extra store without the main store's cameras at the same image shapes."""
+    for camera, want in spec.items():
+        have = dataset.obs_spec.get(camera)
+        if have is None or [int(n) for n in have["shape"]] != [int(n) for n in want["shape"]]:
+            got = "no such key" if have is None else f"shape {list(have['shape'])}"
+            raise UserError(f"{key}={dataset.path} has {got} for camera {camera!r}, but the main store (dataset=) "
+                            f"gives it as {list(want['shape'])}; every store must hold the same cameras "
+                            "at the same image size")
 
 
 def _batch(frames: FrameSet, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
@@ -143,22 +170,31 @@ def run_train_reward_classifier(cfg: DictConfig) -> dict[str, Any]:
     from calql_robot.training.threads import apply_threads
 
     output = check_config(cfg)
-    dataset = _open_store(cfg)
+    dataset = _open_store(str(cfg.dataset), "dataset", cfg)
     store = str(dataset.path)
     cameras = choose_cameras(dataset.obs_spec, plain_value(cfg, "cameras"), store)
-    if dataset.n_episodes == 0:
-        raise UserError(f"dataset {store} holds no episode; the classifier needs successful and failed episodes")
-    success = dataset.success_mask()
-    train_eps, val_eps = split_episodes(success, float(cfg.val_fraction), int(cfg.seed), store)
-    device = resolve_device(str(cfg.device))
     spec = {key: dict(dataset.obs_spec[key]) for key in cameras}
+    extras = [_open_store(raw, f"extra_datasets[{i}]", cfg) for i, raw in enumerate(extra_datasets(cfg))]
+    for i, extra in enumerate(extras):
+        _check_cameras(extra, f"extra_datasets[{i}]", spec)
+    if dataset.n_episodes + sum(extra.n_episodes for extra in extras) == 0:
+        raise UserError(f"dataset {store} holds no episode; the classifier needs successful and failed episodes")
+    success = np.concatenate([d.success_mask() for d in [dataset, *extras]])
+    names = store if not extras else f"{store} and the extra_datasets"
+    train_eps, val_eps = split_episodes(success, float(cfg.val_fraction), int(cfg.seed), names)
+    device = resolve_device(str(cfg.device))
     apply_threads(plain_value(cfg, "threads"), spec, device)
     seed_everything(int(cfg.seed))
     encoder_cfg = plain_value(cfg, "encoder") or {}
     net = RewardClassifierNet(spec, encoder_cfg).to(device)  # bad encoder options fail here, before any reading
-    print(f"reading {store}: cameras {cameras}, {dataset.n_episodes} episodes ({int(success.sum())} successful)",
+    print(f"reading {store}: cameras {cameras}, {dataset.n_episodes} episodes "
+          f"({int(success[:dataset.n_episodes].sum())} successful)",
           flush=True)
-    frames = read_frames(dataset, cameras, int(cfg.positive_frames), int(cfg.ignore_frames))
+    for extra in extras:
+        print(f"reading {extra.path}: {extra.n_episodes} episodes ({int(extra.success_mask().sum())} successful)",
+              flush=True)
+    frames, origin = merge_frames([read_frames(d, cameras, int(cfg.positive_frames), int(cfg.ignore_frames))
+                                   for d in [dataset, *extras]])
     in_train = np.isin(frames.episode, train_eps)
     train_rows = np.flatnonzero(in_train & (frames.labels >= 0))
     val_rows = np.flatnonzero(np.isin(frames.episode, val_eps))
@@ -170,10 +206,19 @@ def run_train_reward_classifier(cfg: DictConfig) -> dict[str, Any]:
     metrics, rows = held_out_metrics(probs, frames.labels[val_rows], frames.episode[val_rows], frames.success,
                                      threshold, consecutive)
     metrics["held_out_episodes"] = [int(e) for e in val_eps]
+    if extras:  # the held-out episodes of each store apart: the policy rollouts are the harder ones
+        metrics["by_store"] = {}
+        for i, d in enumerate([dataset, *extras]):
+            mine = np.isin(frames.episode[val_rows], np.flatnonzero(origin == i))
+            if mine.any():
+                part = held_out_metrics(probs[mine], frames.labels[val_rows][mine], frames.episode[val_rows][mine],
+                                        frames.success, threshold, consecutive)[0]
+                metrics["by_store"][str(d.path)] = {k: part[k] for k in ("precision", "recall", "episodes")}
     meta = {
         "obs_spec": spec, "cameras": cameras, "encoder": dict(encoder_cfg), "threshold": threshold,
         "consecutive": consecutive, "metrics": {k: v for k, v in metrics.items() if k != "held_out_episodes"},
-        "training": {"dataset": store, "task": dataset.attrs.get("task"),
+        "training": {"dataset": store, "extra_datasets": [str(d.path) for d in extras],
+                     "task": dataset.attrs.get("task"),
                      "config": OmegaConf.to_container(cfg, resolve=True),
                      "train_episodes": len(train_eps), "held_out_episodes": len(val_eps)},
     }
@@ -188,5 +233,8 @@ def run_train_reward_classifier(cfg: DictConfig) -> dict[str, Any]:
     agreement = metrics["episodes"]
     print(f"held-out episodes: outcome by classifier (threshold {threshold:g}, {consecutive} frames in a row) agrees "
           f"with the store on {agreement['agreement']:.3f} of {agreement['episodes']}")
+    for name, part in metrics.get("by_store", {}).items():
+        print(f"  {name}: agreement {part['episodes']['agreement']:.3f} of {part['episodes']['episodes']} held-out "
+              f"episodes, frames precision {part['precision']:.3f}, recall {part['recall']:.3f}")
     print(f"wrote {output}: {', '.join(OUTPUT_FILES)}")
     return metrics

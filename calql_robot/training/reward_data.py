@@ -11,6 +11,10 @@ observation (``data/final_obs``), N + 1 frames in time order. Labels (:func:`lab
   before the simulator's check passes (the cube released but still touching a finger), look nearly the same as the
   success frame, and would teach the classifier contradictions; they are neither trained on nor scored.
 * **negative (0)**: every other frame of a successful episode (approach, grasp, carry) and every frame of a failed one.
+
+Several stores (``dataset`` plus ``extra_datasets``, e.g. the ``online.zarr`` of a ``deploy deploy.reward_source=env``
+run of the learned policy, whose rewards are the simulator's) are labelled each by its own rewards and success value
+and joined by :func:`merge_frames`; the split then draws from all their episodes.
 """
 
 from __future__ import annotations
@@ -92,6 +96,20 @@ def read_frames(dataset: Any, cameras: list[str], positive_frames: int, ignore_f
         # frame order: episode 0's rows then its final obs, episode 1's rows then its final obs, ...
         images[key] = np.insert(rows, ends, final, axis=0) if len(ends) else rows[:0]
     return FrameSet(images, labels, owner, success)
+
+
+def merge_frames(parts: list[FrameSet]) -> tuple[FrameSet, np.ndarray]:
+    """One FrameSet of several stores' frames, episodes renumbered in order (store 0's first), and the (E,) int64
+    index of the store each episode came from. The stores must hold the same cameras at the same image shapes."""
+    if len(parts) == 1:
+        return parts[0], np.zeros(len(parts[0].success), np.int64)
+    offsets = np.cumsum([0] + [len(part.success) for part in parts[:-1]])
+    images = {key: np.concatenate([part.images[key] for part in parts]) for key in parts[0].images}
+    episode = np.concatenate([part.episode + offset for part, offset in zip(parts, offsets)])
+    origin = np.concatenate([np.full(len(part.success), i, np.int64) for i, part in enumerate(parts)])
+    merged = FrameSet(images, np.concatenate([part.labels for part in parts]), episode,
+                      np.concatenate([part.success for part in parts]))
+    return merged, origin
 
 
 def split_episodes(success: np.ndarray, val_fraction: float, seed: int, store: str) -> tuple[np.ndarray, np.ndarray]:
