@@ -15,6 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from calql_robot.datasets.action_scaling import ActionScaling, env_action_fn
+from calql_robot.deployment.actors import check_actors_config
 from calql_robot.errors import UserError
 from calql_robot.progress import Progress
 from calql_robot.training import session
@@ -56,6 +57,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("checkpoint"):
         raise UserError("finetune needs checkpoint=PATH: a pretrain run directory or one of its checkpoint folders")
     check_finetune_config(cfg)
+    check_actors_config(cfg)
     run_dir = session.run_dir_path(cfg)
     cfg, own_ckpt, pre_tensors, pre_state = session.load_start_checkpoint(cfg, run_dir, cfg.checkpoint)
     session.check_checkpoint_task(cfg, pre_state, own_ckpt or cfg.checkpoint)  # before any env or file exists
@@ -66,7 +68,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     eval_env = make_task_env(cfg.task, seed=int(cfg.seed) + 1, render=bool(cfg.eval.video))
     env_spec = obs_spec_from_space(env.observation_space)
     action_dim = int(env.action_space.shape[0])
-    dataset = Path(cfg.dataset or pre_state.get("dataset") or session.dataset_path(cfg))
+    dataset = session.dataset_location(cfg.dataset or pre_state.get("dataset") or session.dataset_path(cfg))
     transform = RewardTransform.from_task(cfg.task)
     offline = load_offline_buffer(cfg, dataset, env_spec)[1] if float(fcfg.mixing_ratio) != 0 else None
     online = ReplayBuffer(env_spec, action_dim, transform)
@@ -96,7 +98,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     logger = MetricsLogger(run_dir, resume_step=counters["env_steps"] if resumed else None, index="env_step")
 
     def save() -> None:
-        state = {"phase": "finetune", "dataset": str(dataset.resolve()), "counters": counters,
+        state = {"phase": "finetune", "dataset": session.dataset_label(dataset), "counters": counters,
                  "agent_meta": session.agent_meta(agent), "sampler_rng": sampler.rng.bit_generator.state,
                  "action_scaling": None if scaling is None else scaling.to_json(),
                  "config": OmegaConf.to_container(cfg, resolve=True)}
@@ -110,6 +112,13 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         print(f"before fine-tuning: eval success {last_eval['success_rate']:.2f}")
     bar = Progress(total, f"finetune {cfg.task.name} [{cfg.agent.variant}]", "step", initial=counters["env_steps"],
                    bar=bool(cfg.progress), every=cfg.get("progress_every"))
+    if int((cfg.get("actors") or {}).get("count", 0)) >= 1:  # many actors, one learner: training/online_actors.py
+        from calql_robot.training.online_actors import learn_from_actors
+
+        last_eval = learn_from_actors(cfg, agent, sampler, online, store, counters, logger, save, bar, env_spec,
+                                      action_dim, scaling, lambda s: session.evaluate_and_log(
+                                          agent, eval_env, cfg, run_dir, s, logger, "finetune_env_step",
+                                          action_scaling=scaling), device) or last_eval
     recorder = EpisodeRecorder()
     obs, _ = env.reset(seed=int(cfg.seed) + counters["episodes"])
     recorder.start(obs)
