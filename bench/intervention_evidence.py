@@ -25,6 +25,17 @@ from pathlib import Path
 import numpy as np
 
 ARMS = ("scripted", "none")
+LABELS = {"scripted": "scripted intervener", "none": "no intervention",
+          "scripted_demo": "scripted intervener + demo_buffer"}
+
+
+def intervene_episodes(run_dir: Path, default: int) -> int:
+    """K of a run: its config.yaml's deploy.intervention.episodes (``default`` when absent)."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / "config.yaml"
+    value = OmegaConf.select(OmegaConf.load(path), "deploy.intervention.episodes") if path.exists() else None
+    return int(value) if value is not None else default
 
 
 def deploy_command(args: argparse.Namespace, arm: str) -> list[str]:
@@ -62,7 +73,7 @@ def summarize(episodes: dict[str, np.ndarray], k: int, block: int) -> dict[str, 
             "successes_after_k": int(alone.sum()), "episodes_after_k": int(len(alone))}
 
 
-def plot(results: dict[str, dict[str, np.ndarray]], k: int, path: Path, window: int) -> None:
+def plot(results: dict[str, dict[str, np.ndarray]], ks: dict[str, int], path: Path, window: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,10 +83,11 @@ def plot(results: dict[str, dict[str, np.ndarray]], k: int, path: Path, window: 
     for arm, episodes in results.items():
         steps = np.cumsum(episodes["length"])
         rolling = np.convolve(episodes["success"], np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], rolling, marker="o", markersize=3,
-                label=f"{'scripted intervener' if arm == 'scripted' else 'no intervention'}")
-        if arm == "scripted" and k < len(steps):
-            ax.axvline(steps[k - 1], color="grey", linestyle="--", label=f"interventions stop (episode {k})")
+        line, = ax.plot(steps[window - 1:], rolling, marker="o", markersize=3, label=LABELS.get(arm, arm))
+        k = ks[arm]
+        if arm != "none" and 0 < k < len(steps):
+            ax.axvline(steps[k - 1], color=line.get_color(), linestyle="--", alpha=0.6,
+                       label=f"{LABELS.get(arm, arm)}: interventions stop (episode {k})")
     ax.set_xlabel("online env steps")
     ax.set_ylabel(f"success (mean of the last {window} episodes)")
     ax.set_title("deploy robot=sim task=pick_place: scripted intervener in the first episodes")
@@ -98,23 +110,27 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10, help="episodes of the plot's rolling mean")
     parser.add_argument("--plot", default="docs/intervention_evidence.png")
     parser.add_argument("--report-only", action="store_true", help="read the existing runs, run nothing")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS),
+                        help="run directories under --out to report (e.g. scripted none scripted_demo)")
     args = parser.parse_args()
     out = Path(args.out)
     if not args.report_only:
         procs = [subprocess.Popen(deploy_command(args, arm)) for arm in ARMS]  # both at once, one thread each
         if any(p.wait() != 0 for p in procs):
             raise SystemExit("a deploy run failed; see its output above")
-    results = {arm: read_episodes(out / arm) for arm in ARMS}
-    summary = {arm: summarize(eps, args.intervene_episodes, args.block) for arm, eps in results.items()}
+    results = {arm: read_episodes(out / arm) for arm in args.arms}
+    ks = {arm: intervene_episodes(out / arm, args.intervene_episodes) for arm in args.arms}
+    ks["none"] = max(ks.get("none", 0), *(k for a, k in ks.items() if a != "none")) if len(ks) > 1 else ks["none"]
+    summary = {arm: summarize(eps, ks[arm], args.block) for arm, eps in results.items()}
     for arm, s in summary.items():
         print(f"\n{arm}: {s['episodes']} episodes, {s['env_steps']} env steps; success in episodes 1-"
-              f"{args.intervene_episodes}: {s['success_first_k']:.2f}; policy alone afterwards: "
+              f"{ks[arm]}: {s['success_first_k']:.2f}; policy alone afterwards: "
               f"{s['successes_after_k']}/{s['episodes_after_k']} = {s['success_after_k']:.2f}")
         print("| episodes | env steps | success | intervention rate |\n|---|---|---|---|")
         for b in s["blocks"]:
             print(f"| {b['episodes']} | {b['env_steps']} | {b['success']:.2f} | {b['intervention_rate']:.2f} |")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(results, args.intervene_episodes, Path(args.plot), args.window)
+    plot(results, ks, Path(args.plot), args.window)
     print(f"\nwrote {out / 'summary.json'} and {args.plot}")
 
 
