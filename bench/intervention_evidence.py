@@ -73,6 +73,16 @@ def summarize(episodes: dict[str, np.ndarray], k: int, block: int) -> dict[str, 
             "successes_after_k": int(alone.sum()), "episodes_after_k": int(len(alone))}
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
 def plot(results: dict[str, dict[str, np.ndarray]], ks: dict[str, int], path: Path, window: int) -> None:
     import matplotlib
 
@@ -110,6 +120,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10, help="episodes of the plot's rolling mean")
     parser.add_argument("--plot", default="docs/intervention_evidence.png")
     parser.add_argument("--report-only", action="store_true", help="read the existing runs, run nothing")
+    parser.add_argument("--pool", nargs="*", default=[], metavar="LABEL=ARM,ARM",
+                        help="also print the policy-alone success after K pooled over several arms (seeds)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS),
                         help="run directories under --out to report (e.g. scripted none scripted_demo)")
     args = parser.parse_args()
@@ -129,6 +141,21 @@ def main() -> None:
         print("| episodes | env steps | success | intervention rate |\n|---|---|---|---|")
         for b in s["blocks"]:
             print(f"| {b['episodes']} | {b['env_steps']} | {b['success']:.2f} | {b['intervention_rate']:.2f} |")
+    pooled = {}
+    for spec in args.pool:
+        label, _, members = spec.partition("=")
+        names = [m for m in members.split(",") if m]
+        unknown = [m for m in names if m not in summary]
+        if not label or not names or unknown:
+            raise SystemExit(f"--pool {spec!r}: expected LABEL=ARM,ARM with arms among --arms ({unknown} unknown)")
+        wins = sum(summary[m]["successes_after_k"] for m in names)
+        total = sum(summary[m]["episodes_after_k"] for m in names)
+        low, high = wilson(wins, total)
+        pooled[label] = {"arms": names, "successes_after_k": wins, "episodes_after_k": total,
+                         "success_after_k": wins / max(total, 1), "wilson95": [low, high]}
+        print(f"\npooled {label} ({', '.join(names)}): policy alone after K {wins}/{total} = "
+              f"{wins / max(total, 1):.2f}, 95% Wilson interval [{low:.2f}, {high:.2f}]")
+    summary["pooled"] = pooled  # type: ignore[assignment]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(results, ks, Path(args.plot), args.window)
     print(f"\nwrote {out / 'summary.json'} and {args.plot}")

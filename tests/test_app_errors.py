@@ -131,18 +131,15 @@ def test_checkpoint_of_another_task_is_named_as_such(pointmaze_run, tmp_path):  
 
 
 IMAGE = ["task.env.image_size=32", "robot.driver.image_size=32"]
-SMALL_AGENT = ["agent.actor_hidden=[32,32]", "agent.critic_hidden=[32,32]", "agent.cql_n_actions=2"]
 
 
 @pytest.mark.slow
-def test_deploy_restarted_before_its_first_checkpoint_says_what_it_resumed(tmp_path):  # item f
-    run_app("collect", "task=pick_place", "task.env.image_size=32", "task.horizon=20", "episodes=2", "output=pp.zarr",
-            cwd=tmp_path, check=True)
-    run_app("pretrain", "task=pick_place", "task.env.image_size=32", *SMALL_AGENT, "dataset=pp.zarr",
-            "pretrain.steps=2", "pretrain.batch_size=16", "eval.every=0", "progress=false", "device=cpu", "threads=1",
-            "run_dir=pre", cwd=tmp_path, check=True)
-    start = next((tmp_path / "pre" / "checkpoints").glob("*/tensors.safetensors")).parent
-    args = ["robot=sim", "task=pick_place", *IMAGE, "task.horizon=8", "checkpoint=pre", "deploy.batch_size=16",
+def test_deploy_restarted_before_its_first_checkpoint_says_what_it_resumed(tmp_path, pick_place_checkpoint):  # f
+    from calql_robot.training.checkpoint import find_checkpoint
+
+    start = find_checkpoint(pick_place_checkpoint).resolve()
+    args = ["robot=sim", "task=pick_place", *IMAGE, "task.horizon=8", f"checkpoint={pick_place_checkpoint}",
+            "deploy.batch_size=16",
             "deploy.save_every_episodes=100", "deploy.video_every_episodes=0", "progress=false", "device=cpu",
             "threads=1", "run_dir=dep"]
     first = run_app("deploy", *args, "deploy.episodes=2", cwd=tmp_path, check=True).stdout

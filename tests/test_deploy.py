@@ -18,7 +18,6 @@ from calql_robot.datasets.format import ZarrDataset
 from calql_robot.training.checkpoint import find_checkpoint
 
 IMAGE = ["task.env.image_size=32", "robot.driver.image_size=32"]
-SMALL_AGENT = ["agent.actor_hidden=[32,32]", "agent.critic_hidden=[32,32]", "agent.cql_n_actions=2"]
 
 
 def app_cmd(app: str, *args: str) -> list[str]:
@@ -43,15 +42,8 @@ def stored_episodes(path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("deploy")
-    data = root / "pp.zarr"
-    run("collect", "task=pick_place", "task.env.image_size=32", "task.horizon=20", "episodes=2", f"output={data}")
-    run_dir = root / "pre"
-    run("pretrain", "task=pick_place", "task.env.image_size=32", *SMALL_AGENT, f"dataset={data}",
-        "pretrain.steps=4", "pretrain.batch_size=16", "eval.every=0", "progress=false", "device=cpu",
-        f"run_dir={run_dir}")
-    return run_dir
+def checkpoint(pick_place_checkpoint) -> Path:
+    return pick_place_checkpoint  # tests/conftest.py: made once per session
 
 
 def deploy_args(checkpoint: Path, run_dir: Path, episodes: int) -> list[str]:
