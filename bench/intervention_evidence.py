@@ -157,6 +157,13 @@ def main() -> None:
               f"{wins / max(total, 1):.2f}, 95% Wilson interval [{low:.2f}, {high:.2f}]")
     summary["pooled"] = pooled  # type: ignore[assignment]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    groups = {label: [m for m in members.split(",") if m]
+              for label, _, members in (spec.partition("=") for spec in args.pool)}
+    if groups:  # one curve per pool: success per episode index averaged over its runs (seeds)
+        n = min(len(results[m]["success"]) for names in groups.values() for m in names)
+        results = {label: {key: np.mean([results[m][key][:n] for m in names], axis=0)
+                           for key in ("success", "length", "intervention_steps")} for label, names in groups.items()}
+        ks = {label: max(ks[m] for m in names) for label, names in groups.items()}
     plot(results, ks, Path(args.plot), args.window)
     print(f"\nwrote {out / 'summary.json'} and {args.plot}")
 
